@@ -1,0 +1,2 @@
+from dicomsafe.cli import main
+main()

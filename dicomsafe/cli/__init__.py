@@ -1,0 +1,119 @@
+"""The dicomsafe command line.
+
+This package is the only place that turns errors into exit codes (see EXIT_CODES). Each
+``cli/<area>.py`` module defines the commands of one area and registers them on :data:`main`.
+Why click: subcommands, typed options, file arguments and help text for free, and it is the
+best-kept CLI library in the ecosystem; argparse would need hundreds of lines to match it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+from .. import __version__
+from ..errors import (
+    ConfigError,
+    CryptoError,
+    DicomsafeError,
+    Interrupted,
+    LockedError,
+    OutputError,
+)
+
+log = logging.getLogger("dicomsafe")
+
+#: Exit codes, documented in README.md and DESIGN.md §2.
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+EXIT_USAGE = 2
+EXIT_CRYPTO = 3
+EXIT_IO = 4
+EXIT_INTERRUPTED = 130
+
+#: Error class → exit code; most specific first.
+EXIT_CODES: list[tuple[type[BaseException], int]] = [
+    (Interrupted, EXIT_INTERRUPTED),
+    (ConfigError, EXIT_USAGE),
+    (CryptoError, EXIT_CRYPTO),
+    (LockedError, EXIT_IO),
+    (OutputError, EXIT_IO),
+    (DicomsafeError, EXIT_USAGE),
+]
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """Map an exception to the documented exit code."""
+    for cls, code in EXIT_CODES:
+        if isinstance(exc, cls):
+            return code
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(exc, OSError):
+        return EXIT_IO
+    return EXIT_USAGE
+
+
+class DicomsafeGroup(click.Group):
+    """A click group that turns our errors into one-line messages and exit codes."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            click.echo("dicomsafe: interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+        except DicomsafeError as exc:
+            click.echo(f"dicomsafe: error: {exc}", err=True)
+            ctx.exit(exit_code_for(exc))
+        except OSError as exc:
+            # strerror only: the filename attribute may be a PHI-bearing source path.
+            click.echo(f"dicomsafe: error: {exc.strerror or type(exc).__name__}", err=True)
+            ctx.exit(EXIT_IO)
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING
+    if verbose == 1:
+        level = logging.INFO
+    elif verbose >= 2:
+        level = logging.DEBUG
+    if quiet:
+        level = logging.ERROR
+    logging.basicConfig(level=level, format="dicomsafe: %(levelname)s: %(message)s", stream=sys.stderr)
+
+
+@click.group(cls=DicomsafeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dicomsafe")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, errors only.")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
+    """De-identify and encrypt DICOM studies: safe to share, safe to keep.
+
+    Exit codes: 0 success; 1 completed with findings (PHI found, files quarantined);
+    2 usage or configuration error; 3 cryptographic failure; 4 I/O error; 130 interrupted.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["quiet"] = quiet
+    _setup_logging(verbose, quiet)
+
+
+def _register() -> None:
+    """Import the command modules; each adds its commands to :data:`main`."""
+    import importlib
+
+    for name in ("deid", "crypto", "batch"):
+        try:
+            importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:  # an area not built yet
+            if exc.name != f"{__name__}.{name}":
+                raise
+
+
+_register()

@@ -108,7 +108,7 @@ def _register() -> None:
     """Import the command modules; each adds its commands to :data:`main`."""
     import importlib
 
-    for name in ("deid", "crypto", "batch"):
+    for name in ("deid", "profiles", "scan", "pixels", "crypto", "batch"):
         try:
             importlib.import_module(f"{__name__}.{name}")
         except ModuleNotFoundError as exc:  # an area not built yet

@@ -78,13 +78,18 @@ def encrypt(
     recipients: Sequence[Recipient],
     *,
     file_key: bytes | None = None,
+    nonce: bytes | None = None,
 ) -> int:
-    """Write header, payload nonce and STREAM payload; return the plaintext length."""
+    """Write header, payload nonce and STREAM payload; return the plaintext length.
+
+    ``file_key`` and ``nonce`` are for deterministic test vectors only; never pass them otherwise.
+    """
     if file_key is None:
         file_key = os.urandom(spec.file_key_size)
     stanzas = wrap_file_key(spec, file_key, recipients)
     writer.write(encode_header(spec, stanzas, file_key))
-    nonce = os.urandom(16)
+    if nonce is None:
+        nonce = os.urandom(16)
     writer.write(nonce)
     aead = spec.payload_aead(payload_key(spec, file_key, nonce))
     return stream.encrypt(aead, reader, writer)
@@ -107,7 +112,7 @@ def unwrap_file_key(spec: FormatSpec, header: Header, identities: Sequence[Ident
         if s.type in spec.exclusive_types and len(header.stanzas) != 1:
             raise HeaderError(f"a {s.type} stanza must be the only one in the header")
     for identity in identities:
-        file_key = identity.unwrap(header.stanzas)
+        file_key = identity.unwrap(header.stanzas, file_key_size=spec.file_key_size)
         if file_key is None:
             continue
         if len(file_key) != spec.file_key_size:
@@ -127,7 +132,7 @@ def decrypt_payload(opened: OpenedHeader, reader: IO[bytes], writer: IO[bytes]) 
     """Decrypt the payload that follows an opened header."""
     nonce = stream.read_full(reader, 16)
     if len(nonce) != 16:
-        raise stream.PayloadError("encrypted file is truncated (missing payload nonce)")
+        raise HeaderError("encrypted file is truncated (missing payload nonce)")
     aead = opened.spec.payload_aead(payload_key(opened.spec, opened.file_key, nonce))
     return stream.decrypt(aead, reader, writer)
 

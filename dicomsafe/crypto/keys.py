@@ -5,7 +5,9 @@ key from a header's stanzas. This mirrors age's Recipient/Identity interfaces, s
 (X25519, scrypt, ML-KEM hybrid, RSA-OAEP, P-256, PBKDF2, …) is one small class and the envelope
 code never needs to know which ones exist.
 
-Contract for ``Identity.unwrap``:
+Contract for ``Identity.unwrap(stanzas, *, file_key_size)``:
+- ``file_key_size`` is the format's file key length (age 16, aes 32): the body length MUST be
+  checked against it *before* decrypting (partitioning-oracle mitigation, age spec);
 - return the file key if one stanza opens;
 - return ``None`` when no stanza is addressed to this identity (the next identity is tried);
 - raise ``HeaderError`` when a stanza of this identity's type is malformed — age treats that as
@@ -36,7 +38,7 @@ class Recipient(Protocol):
 class Identity(Protocol):
     """Something that can unwrap a file key from a header's stanzas."""
 
-    def unwrap(self, stanzas: Sequence[Stanza]) -> bytes | None: ...
+    def unwrap(self, stanzas: Sequence[Stanza], *, file_key_size: int = 16) -> bytes | None: ...
 
 
 def recipient_labels(recipient: Recipient) -> frozenset[str]:

@@ -144,7 +144,8 @@ def decrypt_payload(
     """Decrypt the nonce + STREAM after an opened header; return the plaintext length."""
     nonce = stream.read_full(reader, NONCE_SIZE)
     if len(nonce) != NONCE_SIZE:
-        raise stream.PayloadError("encrypted file is truncated (missing payload nonce)")
+        # age's vectors class a missing nonce as a header failure; we follow them.
+        raise HeaderError("encrypted file is truncated (missing payload nonce)")
     aead = AESGCM(payload_key(SPEC, opened.file_key, nonce))
     limited = _ByteLimit(
         reader,

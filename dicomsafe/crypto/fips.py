@@ -50,7 +50,7 @@ MAX_ITERATIONS = 10_000_000
 DEFAULT_ITERATIONS = MIN_ITERATIONS
 SALT_SIZE = 16
 TAG_SIZE = 4
-KW_BODY_SIZE = 40  # RFC 3394 wrap of a 32-byte file key
+KW_OVERHEAD = 8  # RFC 3394 adds one 64-bit block: a 32-byte file key wraps to 40 bytes
 P256_POINT_SIZE = 65
 
 _DECIMAL_RE = re.compile(r"[1-9][0-9]{0,7}")
@@ -151,7 +151,7 @@ class RsaOaepIdentity:
     def recipient(self) -> RsaOaepRecipient:
         return RsaOaepRecipient(self.private_key.public_key())
 
-    def unwrap(self, stanzas: Sequence[Stanza]) -> bytes | None:
+    def unwrap(self, stanzas: Sequence[Stanza], *, file_key_size: int = 32) -> bytes | None:
         for s in stanzas:
             if s.type != RSA_TYPE:
                 continue
@@ -219,7 +219,7 @@ class P256Identity:
     def recipient(self) -> P256Recipient:
         return P256Recipient(self.private_key.public_key())
 
-    def unwrap(self, stanzas: Sequence[Stanza]) -> bytes | None:
+    def unwrap(self, stanzas: Sequence[Stanza], *, file_key_size: int = 32) -> bytes | None:
         for s in stanzas:
             if s.type != P256_TYPE:
                 continue
@@ -232,7 +232,7 @@ class P256Identity:
                 peer = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), share)
             except ValueError:
                 raise HeaderError("malformed p256 stanza (share is not on the curve)") from None
-            if len(s.body) != KW_BODY_SIZE:
+            if len(s.body) != file_key_size + KW_OVERHEAD:
                 raise HeaderError("malformed p256 stanza (body length)")
             shared = self.private_key.exchange(ec.ECDH(), peer)
             try:
@@ -315,7 +315,7 @@ class Pbkdf2Identity:
     def __init__(self, passphrase: str | bytes):
         self._passphrase = _passphrase_bytes(passphrase)
 
-    def unwrap(self, stanzas: Sequence[Stanza]) -> bytes | None:
+    def unwrap(self, stanzas: Sequence[Stanza], *, file_key_size: int = 32) -> bytes | None:
         for s in stanzas:
             if s.type != PBKDF2_TYPE:
                 continue
@@ -327,7 +327,7 @@ class Pbkdf2Identity:
             if len(salt) != SALT_SIZE:
                 raise HeaderError("malformed pbkdf2-sha256 stanza (salt must be 16 bytes)")
             iterations = parse_iterations(s.args[1])
-            if len(s.body) != KW_BODY_SIZE:
+            if len(s.body) != file_key_size + KW_OVERHEAD:
                 raise HeaderError("malformed pbkdf2-sha256 stanza (body length)")
             try:
                 return aes_key_unwrap(pbkdf2_kek(self._passphrase, salt, iterations), s.body)

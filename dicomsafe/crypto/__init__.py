@@ -187,12 +187,22 @@ def encrypt_stream(
     *,
     format: str = "age",
     armor: bool = False,
+    fips: bool = False,
 ) -> int:
-    """Encrypt ``reader`` to ``writer`` for ``recipients``; return the plaintext length."""
+    """Encrypt ``reader`` to ``writer`` for ``recipients``; return the plaintext length.
+
+    ``fips=True`` (aes format only) refuses every non-approved recipient type.
+    """
     spec = envelope.get_spec(format)
     recips = _as_recipients(recipients)
+    if fips and format != "aes":
+        raise ConfigError("FIPS mode requires --format aes")
     if armor and not spec.armor_label:
         raise ConfigError(f"the {format} format has no ASCII armor")
+    if format == "aes":
+        from . import aes
+
+        return aes.encrypt_stream(reader, writer, recips, fips=fips)
     if not armor:
         return envelope.encrypt(spec, reader, writer, recips)
     armored = _armor.ArmorWriter(writer, spec.armor_label or _armor.AGE_LABEL)
@@ -201,14 +211,25 @@ def encrypt_stream(
     return n
 
 
-def decrypt_stream(reader: IO[bytes], writer: IO[bytes], identities: Sequence[Identity]) -> int:
+def decrypt_stream(
+    reader: IO[bytes], writer: IO[bytes], identities: Sequence[Identity], *, fips: bool = False
+) -> int:
     """Decrypt an age or aes file (armored or not) from ``reader`` into ``writer``.
 
     Plaintext reaches ``writer`` chunk by chunk, each only after it authenticated; if a later
     chunk fails, what was written cannot be retracted — use :func:`decrypt_file` for files.
+    ``fips=True`` accepts only aes files and approved identities.
     """
     src = _input(reader)
+    if fips:
+        from . import aes
+
+        return aes.decrypt_stream(src, writer, identities, fips=True)
     opened = envelope.open_header(src, identities)
+    if opened.spec.name == "aes":
+        from . import aes
+
+        return aes.decrypt_payload(opened, src, writer)
     return envelope.decrypt_payload(opened, src, writer)
 
 
@@ -238,18 +259,23 @@ def encrypt_file(
     *,
     format: str = "age",
     armor: bool = False,
+    fips: bool = False,
 ) -> int:
     """Encrypt file ``src`` to ``dst`` atomically (``dst`` appears only when complete)."""
     with _open_input(src) as fin:
         try:
             with atomic_writer(dst, 0o644) as fout:
-                return encrypt_stream(fin, fout, recipients, format=format, armor=armor)
+                return encrypt_stream(fin, fout, recipients, format=format, armor=armor, fips=fips)
         except OSError as exc:
             raise OutputError(f"cannot write encrypted file ({exc.strerror})") from None
 
 
 def decrypt_file(
-    src: str | os.PathLike[str], dst: str | os.PathLike[str], identities: Sequence[Identity]
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    identities: Sequence[Identity],
+    *,
+    fips: bool = False,
 ) -> int:
     """Decrypt ``src`` to ``dst``: plaintext goes to a temporary file (mode 0600: it may hold PHI)
     that is renamed to ``dst`` only after the final chunk authenticated. On any failure nothing
@@ -257,7 +283,7 @@ def decrypt_file(
     with _open_input(src) as fin:
         try:
             with atomic_writer(dst, 0o600) as fout:
-                return decrypt_stream(fin, fout, identities)
+                return decrypt_stream(fin, fout, identities, fips=fips)
         except OSError as exc:
             raise OutputError(f"cannot write decrypted file ({exc.strerror})") from None
 
@@ -266,6 +292,8 @@ def rekey_file(
     path: str | os.PathLike[str],
     identities: Sequence[Identity],
     recipients: Sequence[Recipient | str],
+    *,
+    fips: bool = False,
 ) -> str:
     """Give an encrypted file new recipients without touching its payload bytes.
 
@@ -279,4 +307,10 @@ def rekey_file(
     """
     from .rekey import rekey_file as _rekey
 
-    return _rekey(path, identities, _as_recipients(recipients))
+    recips = _as_recipients(recipients)
+    if fips:
+        from . import fips as _fips
+
+        _fips.require_approved(identities, "identity")
+        _fips.require_approved(recips, "recipient")
+    return _rekey(path, identities, recips, fips=fips)

@@ -43,7 +43,13 @@ def backup_path(path: Path) -> Path:
     return path.with_name(f".{path.name}{BACKUP_SUFFIX}")
 
 
-def rekey_file(path: str | os.PathLike[str], identities: Sequence[Identity], recipients: Sequence[Recipient]) -> str:
+def rekey_file(
+    path: str | os.PathLike[str],
+    identities: Sequence[Identity],
+    recipients: Sequence[Recipient],
+    *,
+    fips: bool = False,
+) -> str:
     target = Path(path)
     if not target.is_file():
         raise ConfigError("file to rekey not found")
@@ -61,7 +67,12 @@ def rekey_file(path: str | os.PathLike[str], identities: Sequence[Identity], rec
             return _rekey_armored(target, identities, recipients)
         fh.seek(0)
         reader = io.BufferedReader(fh, 1 << 16)  # type: ignore[arg-type]
-        opened = envelope.open_header(reader, identities)
+        if fips:
+            from . import aes
+
+            opened = aes.open_header(reader, identities, fips=True)
+        else:
+            opened = envelope.open_header(reader, identities)
         new_header = envelope.rewrap_header(opened, recipients)
         old_len = len(opened.header.raw)
         mode = stat.S_IMODE(os.fstat(fh.fileno()).st_mode)

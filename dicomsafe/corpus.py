@@ -1063,31 +1063,43 @@ def _main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
-def _describe(src: Path, dst: Path, n: int) -> int:
-    candidates = []
+def pick_demo_files(src: Path, n: int = 3) -> list[Path]:
+    """Pick ``n`` image inputs worth showing: a CT, an MR, a non-Latin name, then any others."""
+    images: list[tuple[str, bool, Path]] = []
     for p in sorted(Path(src).rglob("*")):
-        if p.is_file() and p.stat().st_size > 0:
-            try:
-                ds = pydicom.dcmread(p, stop_before_pixels=True)
-            except Exception:  # noqa: BLE001 - not every input is DICOM; that is the point
-                continue
-            if "PixelData" in pydicom.dcmread(p, force=True) and ds.get("Modality") not in {m for m, in []}:
-                candidates.append((ds.get("Modality"), p))
-    picked, seen = [], set()
-    for mod, p in candidates:  # one file per modality first
-        if mod not in seen:
-            picked.append(p)
-            seen.add(mod)
-        if len(picked) == n:
-            break
+        if not p.is_file() or p.stat().st_size == 0:
+            continue
+        try:
+            ds = pydicom.dcmread(p, stop_before_pixels=False)
+        except Exception:  # noqa: BLE001 - not every input is DICOM; that is the point
+            continue
+        if "PixelData" in ds:
+            images.append((str(ds.get("Modality", "")), not str(ds.get("PatientName", "")).isascii(), p))
+    wanted = [lambda m, u: m == "CT", lambda m, u: m == "MR", lambda m, u: u]
+    picked: list[Path] = []
+    for want in wanted:
+        hit = next((p for m, u, p in images if want(m, u) and p not in picked), None)
+        if hit is not None:
+            picked.append(hit)
+    picked += [p for _, _, p in images if p not in picked]
+    return picked[:n]
+
+
+def _describe(src: Path, dst: Path, n: int) -> int:
+    picked = pick_demo_files(src, n)
     matches = match_outputs(picked, dst)
     for i, p in enumerate(picked, 1):
         out = matches.get(p)
-        title = f"file {i}: input {p.relative_to(src).as_posix()}\n        output {out.relative_to(dst).as_posix() if out else '(none found)'}"
+        where = out.relative_to(dst).as_posix() if out else "(no output found)"
+        title = f"file {i}: {p.relative_to(src).as_posix()}\n    -> {where}"
         print(format_table(title, describe_changes(p, out)))
         print()
-    return 0 if all(matches.get(p) for p in picked) else 1
+    return 0 if picked and all(matches.get(p) for p in picked) else 1
 
 
 if __name__ == "__main__":
-    sys.exit(_main())
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's warnings about its own odd test files
+        sys.exit(_main())

@@ -386,3 +386,25 @@ def test_pydicom_test_files_fixture(pydicom_test_files):
     names = {p.name for p in pydicom_test_files}
     assert {"CT_small.dcm", "chrH31.dcm", "rtplan.dcm", "no_meta.dcm"} <= names
     assert len(pydicom_test_files) >= 90
+
+
+def test_corpus_command_line(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    run = lambda *a: subprocess.run([sys.executable, "-m", "dicomsafe.corpus", *map(str, a)],  # noqa: E731
+                                    capture_output=True, text=True, env=env)
+    r = run("build", tmp_path / "src", "--manifest", tmp_path / "m.json")
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "m.json").read_text())
+    assert "Traceback" not in r.stderr and not any(v in r.stdout + r.stderr for v in manifest["planted"])
+    assert run("leaks", tmp_path / "m.json", tmp_path / "src").returncode == 1
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    (clean / "x.dcm").write_bytes(b"nothing")
+    assert run("leaks", tmp_path / "m.json", clean).returncode == 0
+    shutil.copytree(tmp_path / "src", tmp_path / "copy")
+    r = run("describe", tmp_path / "src", tmp_path / "copy", "-n", "3")
+    assert r.returncode == 0 and r.stdout.count("PatientName") == 3

@@ -180,6 +180,10 @@ class Corpus:
     def with_feature(self, feature: str) -> list[Path]:
         return [p for p in self.files if feature in self.features.get(p, [])]
 
+    def snapshot(self) -> dict[Path, str]:
+        """SHA-256 of every input file: compare before and after a run ("inputs never modified")."""
+        return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in self.files}
+
     def all_needles(self) -> list[bytes]:
         """Every byte form of every planted value, longest first."""
         out = {n for forms in self.needles.values() for n in forms}
@@ -381,11 +385,12 @@ def _load(name: str) -> Dataset:
 
 
 class _Planter:
-    """Collects planted values with their kinds and byte forms."""
+    """Collects planted values with their kinds and the exact byte forms they were written in."""
 
     def __init__(self) -> None:
         self.by_kind: dict[str, list[str]] = {}
         self.needles: dict[str, set[bytes]] = {}
+        self.pending: dict[str, set[bytes]] = {}
 
     def add(self, kind: str, value: str, *forms: bytes) -> str:
         if len(value) < 4:
@@ -396,11 +401,47 @@ class _Planter:
         self.needles.setdefault(value, {value.encode("utf-8")}).update(forms)
         return value
 
+    def _candidates(self, value: str, encodings: list[str]) -> set[bytes]:
+        out = set()
+        for codec in encodings:
+            try:
+                out.add(value.encode(codec))
+            except (UnicodeError, LookupError):
+                pass
+        out.add(encode_string(value, encodings))
+        return out
+
     def add_encoded(self, kind: str, value: str, charsets: Sequence[str] | str) -> str:
-        """Plant a PN group (``Family^Given``) written in ``charsets`` (SpecificCharacterSet)."""
+        """Plant a PN group (``Family^Given``) written in ``charsets`` (SpecificCharacterSet).
+
+        The byte form is confirmed against the written file (:meth:`confirm`): character-set
+        encoders differ in where they put ISO 2022 escapes, and a needle that is not really in
+        the file would make every leak test pass vacuously.
+        """
         encodings = convert_encodings(charsets)
-        form = b"^".join(encode_string(part, encodings) for part in value.split("^"))
-        return self.add(kind, value, form)
+        cands = self._candidates(value, encodings)
+        cands.add(b"^".join(encode_string(part, encodings) for part in value.split("^")))
+        self.pending.setdefault(value, set()).update(cands)
+        return self.add(kind, value)
+
+    def add_text(self, kind: str, value: str, charsets: Sequence[str] | str, prefix: str) -> str:
+        """Plant ``value`` in free text after ``prefix``, written in ``charsets`` (confirmed later)."""
+        encodings = convert_encodings(charsets)
+        cands = self._candidates(value, encodings)
+        head, whole = encode_string(prefix, encodings), encode_string(prefix + value, encodings)
+        if whole.startswith(head):
+            cands.add(whole[len(head):])
+        self.pending.setdefault(value, set()).update(cands)
+        return self.add(kind, value)
+
+    def confirm(self, data: bytes) -> None:
+        """Keep the pending byte forms that really occur in ``data`` (the file just written)."""
+        for value, cands in self.pending.items():
+            found = {c for c in cands if c in data}
+            if not found:
+                raise RuntimeError(f"a planted {len(value)}-character value was not written in any expected form")
+            self.needles[value].update(found)
+        self.pending.clear()
 
 
 def _code(value: str, scheme: str, meaning: str) -> Dataset:
@@ -640,6 +681,12 @@ def build_corpus(dst: Path, *, seed: int = 0, patients: int = 3) -> Corpus:
                     f"Pt {who.given} {who.family} MRN {who.patient_id} DOB {who.birth_date} "
                     f"ssn {who.ssn_digits}; call {who.phone}"
                 )
+                if charset_script:
+                    # the non-Latin name in free text too (scrubbers must match decoded text)
+                    spoken = groups[-1].replace("^", " ")
+                    prefix = "Outside films of "
+                    planter.add_text("name_nonlatin", spoken, ds.get("SpecificCharacterSet", "ISO_IR 6"), prefix)
+                    ds.ImageComments = f"{prefix}{spoken}. " + ds.ImageComments
                 _private_block(ds, who, f"alt id {who.other_id} issued by {who.other_issuer}")
                 # overlays ----------------------------------------------------------------------
                 if any(e.tag.group == 0x6000 for e in ds):
@@ -691,6 +738,8 @@ def build_corpus(dst: Path, *, seed: int = 0, patients: int = 3) -> Corpus:
                     ds.pop("ReferencedRTPlanSequence", None)
 
                 _write(ds, path)
+                if planter.pending:
+                    planter.confirm(path.read_bytes())
                 written.append((path, ds, who))
                 corpus.expected[path] = "written"
                 corpus.features[path] = extra

@@ -19,8 +19,10 @@ Findings name an attribute path and a kind, **never a value**: they go into repo
 
 from __future__ import annotations
 
+import bisect
 import logging
 import mmap
+import warnings
 import os
 import re
 import struct
@@ -338,7 +340,7 @@ def _name_forms(pn: str) -> tuple[set[str], set[str]]:
                 if len(tok) >= 2 and not tok.isdigit() and tok.lower() not in _t.STOP_TOKENS:
                     tokens.add(tok)
         if family and given:
-            g0 = given[0]
+            g0 = given[0] if not _t.is_unbounded(given) else given
             forms = [
                 f"{family}^{given}", f"{given} {family}", f"{family} {given}", f"{family}, {given}",
                 f"{family},{given}", f"{given}{family}", f"{family}{given}",
@@ -506,17 +508,24 @@ def harvest(ds: Dataset) -> PhiValues:
                 else:
                     acc["other"].add(n)
 
+    software_uids: set[str] = set()
     if getattr(ds, "file_meta", None) is not None:
         sop = ds.file_meta.get("MediaStorageSOPInstanceUID")
         if sop and not str(sop).startswith(_WELL_KNOWN_UID_ROOT):
             acc["uids"].add(str(sop).strip().lower())
+        impl = ds.file_meta.get("ImplementationClassUID")
+        if impl:
+            software_uids.add(str(impl).strip().lower())
     add_enc(ds.get("SpecificCharacterSet", None))
     walk(ds, 0)
+    # The writing software's UID may be reused (e.g. as InstanceCreatorUID); it names a program,
+    # not a patient, and every output carries one, so it is never a search string.
+    acc["uids"] -= software_uids
     # Vendor strings (Manufacturer …) legitimately stay in every output; an institution or device
     # value equal to one of them would quarantine clean files, so it is not a search string.
-    vendor = {_norm(str(ds.get(k, "") or "")) for k in _VENDOR_KW}
+    vendor = " | ".join(_norm(str(ds.get(k, "") or "")) for k in _VENDOR_KW)
     for f in ("institution", "device", "other"):
-        acc[f] -= vendor
+        acc[f] = {v for v in acc[f] if v not in vendor}
     for f in acc:
         acc[f] = {v for v in acc[f] if v and not _t.is_dummy(v)}
     return PhiValues(**{f: frozenset(v) for f, v in acc.items()}, encodings=tuple(encs))
@@ -617,7 +626,7 @@ def _elem_text(elem, raw: bool) -> str:
 
 
 def find_in_dataset(ds: Dataset, phi: PhiValues | None, *, ignore_kinds: Iterable[str] = frozenset(),
-                    name_heuristic: bool | None = None) -> list[Finding]:
+                    name_heuristic: bool | None = None, _trailing: frozenset[int] = frozenset()) -> list[Finding]:
     """Search every element of ``ds`` at any depth, private blocks and the file meta.
 
     With ``phi`` the harvested values are searched (names in free-text VRs down to 2-letter tokens,
@@ -638,10 +647,14 @@ def find_in_dataset(ds: Dataset, phi: PhiValues | None, *, ignore_kinds: Iterabl
                 continue
             vr = getattr(elem, "VR", None) or "UN"
             path = prefix + _tag_label(tag, getattr(elem, "keyword", None) if converted else None)
+            if depth == 0 and tag in _trailing and not prefix:
+                path = "trailing-bytes"  # junk the parser read as elements after the dataset
             if converted and vr == "SQ":
+                t = Tag(tag)
+                step = f"{prefix}({t.group:04X},{t.element:04X})"
                 for i, item in enumerate(elem.value or ()):
                     if isinstance(item, Dataset):
-                        walk(item, f"{path}[{i}].", depth + 1)
+                        walk(item, f"{step}[{i}].", depth + 1)
                 continue
             if converted and vr in _SKIP_VRS:
                 continue
@@ -693,7 +706,7 @@ def _parse_meta_spans(buf) -> list[tuple[int, int, str]]:
         else:
             length, hdr = struct.unpack_from("<H", buf, o + 6)[0], 8
         end = min(n, o + hdr + length)
-        spans.append((o, end, f"file-meta ({group:04X},{elem:04X})"))
+        spans.append((o, end, "file-meta " + _tag_label((group << 16) | elem)))
         o = end
     return spans
 
@@ -719,12 +732,10 @@ class _Labeler:
         if self.dataset_end is not None and off >= self.dataset_end:
             return "trailing-bytes"
         if self.spans:
-            import bisect
-
             i = bisect.bisect_right(self.starts, off) - 1
             if i >= 0:
                 return self.spans[i][1]
-        return "dataset"
+        return "dataset" if self.has_preamble or self.dataset_end is not None else "file"
 
     def loose_regions(self, n: int, regions: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """Regions no parser shows (preamble, trailing bytes; the whole file when it is not
@@ -831,7 +842,7 @@ def find_in_bytes(data: bytes | bytearray | memoryview | mmap.mmap, phi: PhiValu
 # --------------------------------------------------------------------------------------------
 
 
-def _raw_offsets(ds: Dataset) -> tuple[list[tuple[int, str]], int | None, tuple[int, int] | None]:
+def _raw_offsets(ds: Dataset) -> tuple[list[tuple[int, str]], int | None, tuple[int, int] | None, frozenset[int]]:
     """Element start offsets (for labels), where the well-formed dataset ends, and the pixel
     value range, all from the parser's raw elements (values are not converted here)."""
     spans: list[tuple[int, str]] = []
@@ -840,13 +851,17 @@ def _raw_offsets(ds: Dataset) -> tuple[list[tuple[int, str]], int | None, tuple[
     prev = -1
     explicit = not ds.is_implicit_VR if ds.is_implicit_VR is not None else True
     private_creators: set[tuple[int, int]] = set()
+    trailing: frozenset[int] = frozenset()
     for tag in list(ds.keys()):
         raw = ds.get_item(tag)
-        tell = getattr(raw, "value_tell", None)
-        if tell is None:
-            continue
         vr = getattr(raw, "VR", None)
         hdr = 8 if not explicit else (12 if (vr or "").encode() in _LONG_HDR_VRS else 8)
+        tell = getattr(raw, "value_tell", None)
+        if tell is None:  # already converted by the reader: it keeps the header offset instead
+            file_tell = getattr(raw, "file_tell", None)
+            if file_tell is None:
+                continue
+            tell = file_tell + hdr
         start = tell - hdr
         t = Tag(tag)
         plausible = tag > prev and (not explicit or vr in _VALID_VRS)
@@ -859,6 +874,8 @@ def _raw_offsets(ds: Dataset) -> tuple[list[tuple[int, str]], int | None, tuple[
             plausible = dictionary_has_tag(t) or t.group & 0xFF00 in (0x5000, 0x6000)
         if not plausible:
             dataset_end = start
+            keys = list(ds.keys())
+            trailing = frozenset(keys[keys.index(tag):])
             break
         prev = tag
         spans.append((start, _tag_label(tag)))
@@ -868,7 +885,7 @@ def _raw_offsets(ds: Dataset) -> tuple[list[tuple[int, str]], int | None, tuple[
                 value = getattr(raw, "value", None)
                 length = len(value) if value is not None else 0
             pixel = (tell, tell + length)
-    return spans, dataset_end, pixel
+    return spans, dataset_end, pixel, trailing
 
 
 def verify_file(path: str | os.PathLike, phi: PhiValues | None, *, ignore_kinds: Iterable[str] = frozenset(),
@@ -884,14 +901,20 @@ def verify_file(path: str | os.PathLike, phi: PhiValues | None, *, ignore_kinds:
     spans: list[tuple[int, str]] | None = None
     dataset_end: int | None = None
     auto_pixel: tuple[int, int] | None = None
-    try:
-        ds = pydicom.dcmread(path, defer_size="2 MB")
-        spans, dataset_end, auto_pixel = _raw_offsets(ds)
-        findings.extend(find_in_dataset(ds, phi, ignore_kinds=ignore_kinds))
-    except Exception as exc:  # any parse failure: unprovable, so a finding (type only, no text)
-        log.debug("verify: parse failed (%s)", type(exc).__name__)
-        if "unreadable" not in set(ignore_kinds):
-            findings.append(Finding("file", "unreadable"))
+    # pydicom warnings can quote element values, and nothing of a value may reach a log: the
+    # parse and the (lazy) element conversions run with warnings silenced.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ds = pydicom.dcmread(path, defer_size="2 MB")
+            if len(ds) == 0:
+                raise ValueError("empty dataset")
+            spans, dataset_end, auto_pixel, trailing = _raw_offsets(ds)
+            findings.extend(find_in_dataset(ds, phi, ignore_kinds=ignore_kinds, _trailing=trailing))
+        except Exception as exc:  # any parse failure: unprovable, so a finding (type only, no text)
+            log.debug("verify: parse failed (%s)", type(exc).__name__)
+            if "unreadable" not in set(ignore_kinds):
+                findings.append(Finding("file", "unreadable"))
     size = path.stat().st_size
     if size:
         with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
@@ -901,3 +924,22 @@ def verify_file(path: str | os.PathLike, phi: PhiValues | None, *, ignore_kinds:
                               spans=spans, dataset_end=dataset_end)
             )
     return _dedupe(findings)
+
+
+#: Profile options whose retained values legitimately stay in the output, and the finding kinds
+#: verification must therefore ignore. retain-longitudinal-modified-dates ignores nothing: the
+#: original dates must be gone (shifted); only full-date retention keeps them.
+_OPTION_IGNORES = {
+    "retain-uids": frozenset({"uid"}),
+    "retain-device-identity": frozenset({"device"}),
+    "retain-institution-identity": frozenset({"institution"}),
+    "retain-longitudinal-full-dates": frozenset({"date"}),
+}
+
+
+def ignore_kinds_for_options(options: Iterable[str]) -> frozenset[str]:
+    """Finding kinds a profile with these PS3.15 options keeps on purpose (pass as ignore_kinds)."""
+    out: set[str] = set()
+    for opt in options:
+        out |= _OPTION_IGNORES.get(opt, frozenset())
+    return frozenset(out)

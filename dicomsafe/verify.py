@@ -351,6 +351,7 @@ def _name_forms(pn: str) -> tuple[set[str], set[str]]:
                 forms += [
                     f"{given} {middle} {family}", f"{family}, {given} {middle}", f"{given} {m0}. {family}",
                     f"{family}, {given} {m0}.", f"{family}^{given}^{middle}", f"{family} {given} {middle}",
+                    f"{given} {m0} {family}", f"{family}, {given} {m0}",
                 ]
             full.update(forms)
     full = {_norm(f) for f in full if f and not _t.is_dummy(f)}

@@ -163,6 +163,17 @@ class PhiValues:
         )
         return f"PhiValues({counts})"
 
+    def for_tree_scan(self) -> PhiValues:
+        """This harvest made fit for ``scan --against`` over a *union* of many inputs.
+
+        Shifted dates of one patient routinely equal real dates of another once thousands of
+        patients are pooled, so other dates (kind ``date``) are dropped and the birth date keeps
+        only its written-out forms, not the bare ``YYYYMMDD`` a DA element holds. A non-empty
+        PatientBirthDate is still reported by itself (see find_in_dataset).
+        """
+        return PhiValues(**{f: getattr(self, f) for f in _VALUE_FIELDS if f not in ("dates", "other_dates")},
+                         dates=frozenset(d for d in self.dates if not d.isdigit()), encodings=self.encodings)
+
     def is_empty(self) -> bool:
         return not any(getattr(self, f) for f in _VALUE_FIELDS)
 
@@ -210,7 +221,7 @@ class PhiValues:
         for kind, vals in self.values_by_kind().items():
             if kind in kinds:
                 for v in vals:
-                    if len(v) >= min_len or (_t.is_unbounded(v) and len(v) >= 2):
+                    if _searchable(v, kind, min_len):
                         out.setdefault(v, kind)
         return out
 
@@ -271,6 +282,24 @@ class PhiValues:
             got = (_t.compile_bytes_literals(bounded, free), lookup, longest)
             self._cache[key] = got
         return got
+
+
+def _searchable(v: str, kind: str, min_len: int) -> bool:
+    """Whether a harvested value is specific enough to search for without drowning in chance
+    hits: long enough, not one repeated character ("000000000"), and a digits-only id, serial or
+    phone of at least 5 digits (a 4-digit serial such as "9999" matches any number in a report)."""
+    if _t.is_unbounded(v):
+        return len(v) >= 2
+    if len(v) < min_len:
+        return False
+    if kind in ("patient-name", "person-name"):
+        return True
+    core = re.sub(r"[\s.\-/]", "", v)
+    if len(set(core)) <= 1:
+        return False
+    if kind not in ("birth-date", "date", "uid") and core.isdigit() and len(core) < 5:
+        return False
+    return True
 
 
 _VALUE_FIELDS = (
@@ -662,6 +691,8 @@ def find_in_dataset(ds: Dataset, phi: PhiValues | None, *, ignore_kinds: Iterabl
             if (tag >> 16) & 0xFF00 == 0x6000 and tag & 0xFFFF == 0x3000:
                 continue  # overlay bit planes
             text = _elem_text(elem, raw=not converted)
+            if tag == 0x00100030 and text.strip() and "birth-date" in kinds:
+                out.append(Finding(path, "birth-date"))  # PS3.15: Z in every profile, no option keeps it
             search_vr = vr if converted else "UN"
             out.extend(_search_text(text, search_vr, path, phi, kinds, heuristic))
 

@@ -1,0 +1,898 @@
+#!/usr/bin/env python3
+"""dicomsafe benchmark harness (issue 8): dicomsafe vs bare pydicom, cp and the peer tools.
+
+Run it through ``scripts/bench`` (which makes the two venvs and installs the Debian tools); this
+file is the engine. Everything measured is a child process, timed by wall clock and measured for
+peak RSS through ``os.wait4`` (the largest process of the child's tree), so Python, Go and C++
+tools are measured the same way. Each measurement runs ``--runs`` times, interleaved round by
+round so a burst of load elsewhere on the machine hits every tool alike, and the median is kept.
+
+Before every run the input is read once (page cache warm for everybody), the previous output is
+deleted and the disk is synced (so nobody pays for the previous tool's write-back), and the output
+goes to the same directory tree as the input (same disk).
+
+Private sub-commands (``_floor``, ``_deid``, ``_chart``) are the small programs that are measured or
+that draw the chart; they import their libraries lazily so the peers' venv can run this file too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MiB = 1 << 20
+GiB = 1 << 30
+MARK_START = "<!-- bench:results:start -->"
+MARK_END = "<!-- bench:results:end -->"
+PROF_START = "<!-- bench:profile:start -->"
+PROF_END = "<!-- bench:profile:end -->"
+
+
+# ---------------------------------------------------------------------------------------------
+# Sizes
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sizes:
+    """How big each part of the benchmark is. ``quick`` is for development, not for publishing."""
+
+    ct_files: int = 2000
+    scale_files: tuple[int, ...] = (200,)  # extra corpus sizes for "how cost grows"
+    multiframe: tuple[int, ...] = (200 * MiB, GiB, 2 * GiB)
+    encrypt: int = GiB
+    profile_files: int = 500
+    runs: int = 2
+    patients: int = 10
+
+    @classmethod
+    def for_mode(cls, mode: str) -> "Sizes":
+        if mode == "quick":
+            return cls(ct_files=100, scale_files=(20,), multiframe=(20 * MiB, 50 * MiB), encrypt=100 * MiB,
+                       profile_files=100, runs=2, patients=2)
+        if mode == "full":
+            return cls(scale_files=(200, 20000))
+        return cls()
+
+
+def human_bytes(n: float) -> str:
+    for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", 1024)):
+        if n >= size:
+            v = n / size
+            return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+# ---------------------------------------------------------------------------------------------
+# Running one command
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    seconds: float
+    maxrss_mib: float
+    rc: int
+    ok: bool
+    note: str = ""
+
+
+@dataclass
+class Case:
+    """One measured command. ``group`` decides which table it lands in."""
+
+    key: str
+    label: str
+    group: str  # files | scale | rss | crypto
+    cmd: list[str]
+    inputs: list[Path]  # what to read to warm the page cache
+    out: Path
+    n_files: int
+    n_bytes: int
+    check: str = "files"  # files | dicomsafe | file
+    expect: int = 0
+    prepare: list[str] | None = None  # untimed command run before each timed run
+    runs: list[Run] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+    def median(self) -> dict | None:
+        good = [r for r in self.runs if r.ok]
+        if not good:
+            return None
+        sec = statistics.median(r.seconds for r in good)
+        return {
+            "seconds": sec,
+            "files_per_s": self.n_files / sec if sec else 0.0,
+            "mb_per_s": self.n_bytes / 1e6 / sec if sec else 0.0,
+            "maxrss_mib": max(r.maxrss_mib for r in good),
+            "runs": len(good),
+        }
+
+
+def files_under(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    out = []
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        out.extend(Path(root) / f for f in sorted(files))
+    return out
+
+
+def warm(paths: list[Path]) -> None:
+    """Read every input once so each tool starts with the same (hot) page cache."""
+    buf = bytearray(4 * MiB)
+    for top in paths:
+        for f in files_under(top):
+            with open(f, "rb", buffering=0) as fh:
+                while fh.readinto(buf):
+                    pass
+
+
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+TIME = "/usr/bin/time"
+
+
+def timed(cmd: list[str], log: Path, env: dict | None = None) -> tuple[float, float, int]:
+    """Wall seconds, peak RSS (MiB, largest process of the tree) and exit code of ``cmd``.
+
+    Peak RSS comes from GNU time (``%M``, from wait4): not from our own wait4, because Linux
+    charges the memory of the forking process to the child until exec, so every child of this
+    (large) Python process would report at least our own RSS. GNU time is a small C program.
+    """
+    rss_file = log.with_name("time.out")
+    with open(log, "ab") as lf:
+        lf.write(("\n$ " + " ".join(cmd[:12]) + (" …" if len(cmd) > 12 else "") + "\n").encode())
+        lf.flush()
+        t0 = time.perf_counter()
+        p = subprocess.run([TIME, "-f", "%M", "-o", str(rss_file), *cmd], stdout=lf, stderr=subprocess.STDOUT,
+                           stdin=subprocess.DEVNULL, env=env)
+        dt = time.perf_counter() - t0
+    try:
+        kib = float(rss_file.read_text().strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError):
+        kib = 0.0
+    return dt, kib / 1024.0, p.returncode
+
+
+def count_outputs(out: Path) -> int:
+    if out.is_file():
+        return 1
+    n = 0
+    for root, dirs, files in os.walk(out):
+        dirs[:] = [d for d in dirs if d != ".dicomsafe"]
+        n += sum(1 for f in files if not f.endswith(".tmp"))
+    return n
+
+
+def run_case(case: Case, log: Path) -> Run:
+    remove(case.out)
+    if case.check == "files" and case.info.get("mkdir_out"):
+        case.out.mkdir(parents=True)
+    warm(case.inputs)
+    os.sync()
+    if case.prepare:
+        subprocess.run(case.prepare, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sec, rss, rc = timed(case.cmd, log)
+    note = ""
+    ok = rc == 0
+    if case.check == "dicomsafe":
+        rep = case.out / ".dicomsafe" / "report.json"
+        try:
+            counts = json.loads(rep.read_text())["counts"]
+        except (OSError, ValueError, KeyError):
+            counts = {}
+        case.info["counts"] = counts
+        ok = rc in (0, 1) and counts.get("inputs") == case.expect
+        if counts.get("quarantined"):
+            note = f"{counts['quarantined']} quarantined"
+    elif case.check == "files":
+        got = count_outputs(case.out)
+        if got != case.expect:
+            ok = False
+            note = f"{got}/{case.expect} outputs"
+    elif case.check == "file":
+        ok = ok and case.out.is_file()
+    if not ok and not note:
+        note = f"exit {rc}"
+    return Run(sec, rss, rc, ok, note)
+
+
+# ---------------------------------------------------------------------------------------------
+# Corpus
+# ---------------------------------------------------------------------------------------------
+
+
+def build_ct(dst: Path, n: int, patients: int) -> None:
+    """Single-frame 512×512 16-bit CT files with fake PHI (dicomsafe.corpus), cached by a stamp."""
+    stamp = dst.with_name(dst.name + ".stamp")  # beside, not inside: every tool sees only .dcm files
+    want = f"ct n={n} patients={patients} v1"
+    if stamp.is_file() and stamp.read_text() == want:
+        return
+    from dicomsafe.corpus import build_ct_series
+
+    remove(dst)
+    t0 = time.perf_counter()
+    build_ct_series(dst, n, patients=patients)
+    stamp.write_text(want)
+    print(f"  corpus: {n} CT files in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def build_flat(src: Path, dst: Path) -> int:
+    """A flat view of ``src`` made of hard links (same inodes, so the same cached bytes): for peers
+    that only take one directory level (dicom-anonymizer) or write flat (deid)."""
+    remove(dst)
+    dst.mkdir(parents=True)
+    files = [f for f in files_under(src) if f.name.endswith(".dcm")]
+    for i, f in enumerate(files):
+        os.link(f, dst / f"{i:06d}.dcm")
+    return len(files)
+
+
+def build_mf(dst_dir: Path, size: int) -> Path:
+    stamp = dst_dir.with_name(dst_dir.name + ".stamp")
+    want = f"mf size={size} v1"
+    if stamp.is_file() and stamp.read_text() == want:
+        return next(dst_dir.glob("*.dcm"))
+    from dicomsafe.corpus import build_multiframe
+
+    remove(dst_dir)
+    dst_dir.mkdir(parents=True)
+    p = build_multiframe(dst_dir, size)
+    stamp.write_text(want)
+    return p
+
+
+def tree_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in files_under(path) if f.name.endswith(".dcm") or path.is_file())
+
+
+def make_certificate(dst: Path) -> Path:
+    """Self-signed RSA certificate for gdcmanon's PS3.15 mode (it encrypts the removed attributes
+    to it). Made with `cryptography` so no openssl CLI is needed."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dicomsafe bench")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=7)).sign(key, hashes.SHA256()))
+    path = dst / "gdcmanon-cert.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def basic_profile_erase_tags() -> list[str]:
+    """Attributes of PS3.15 Table E.1-1 that the Basic profile does not keep, as dcmodify -ea
+    arguments. UIDs (U) are left alone: dcmodify cannot derive keyed replacements."""
+    from dicomsafe.standard import load_table
+
+    args: list[str] = []
+    for row in load_table().rows():
+        if row.is_wildcard or row.basic in ("K", "C", "U"):
+            continue
+        if row.tag_text[1:5] in ("0000", "0002"):  # dcmodify refuses command/file-meta groups
+            continue
+        args += ["-ea", row.tag_text]
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine description
+# ---------------------------------------------------------------------------------------------
+
+
+def _first_line(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "not found"
+    text = (out.stdout or out.stderr).strip().splitlines()
+    return text[0].strip() if text else "?"
+
+
+def machine_info(out: Path, bench_py: str) -> dict:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = "?"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    fs = _first_line(["findmnt", "-no", "SOURCE,FSTYPE", "-T", str(out)])
+    du = shutil.disk_usage(out)
+    import pydicom
+
+    peers = subprocess.run([bench_py, "-c", (
+        "import importlib.metadata as m\n"
+        "for p in ('pydicom','deid','dicognito','dicom-anonymizer','matplotlib'):\n"
+        "    try: print(p, m.version(p))\n"
+        "    except Exception: print(p, 'missing')")], capture_output=True, text=True).stdout
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "memory": mem,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "pydicom": pydicom.__version__,
+        "disk": f"{fs} ({du.total / 1e9:.0f} GB, {du.free / 1e9:.0f} GB free at start)",
+        "peers_venv": dict(line.split(" ", 1) for line in peers.strip().splitlines() if " " in line),
+        "age": _first_line(["age", "--version"]),
+        "dcmodify": _first_line(["dcmodify", "--version"]),
+        "gdcmanon": _first_line(["gdcmanon", "--version"]),
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan
+# ---------------------------------------------------------------------------------------------
+
+
+def dicomsafe_has_jobs(ds: str) -> bool:
+    out = subprocess.run([ds, "deidentify", "--help"], capture_output=True, text=True).stdout
+    return "--jobs" in out
+
+
+def plan(args, sizes: Sizes, out: Path, py: str, bench_py: str) -> list[Case]:
+    data = out / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    work = out / "work"  # outputs: same disk as inputs
+    work.mkdir(parents=True, exist_ok=True)
+    keys = out / "keys"
+    keys.mkdir(exist_ok=True)
+    bench = str(Path(__file__).resolve())
+    ds = str(Path(py).parent / "dicomsafe")
+
+    print("building inputs (untimed) …", flush=True)
+    ct = data / f"ct{sizes.ct_files}"
+    build_ct(ct, sizes.ct_files, sizes.patients)
+    flat = data / f"ct{sizes.ct_files}-flat"
+    n_flat = build_flat(ct, flat)
+    assert n_flat == sizes.ct_files, (n_flat, sizes.ct_files)
+    ct_bytes = tree_bytes(ct)
+
+    secret = keys / "project.secret"
+    if not secret.exists():
+        subprocess.run([ds, "keygen", "--secret", "-o", str(secret)], check=True, capture_output=True)
+    identity = keys / "identity.txt"
+    if not identity.exists():
+        subprocess.run(["age-keygen", "-o", str(identity)], check=True, capture_output=True)
+    recipient = _first_line(["age-keygen", "-y", str(identity)])
+    cert = make_certificate(keys)
+
+    def dicomsafe_cmd(src: Path, dst: Path, extra: list[str] = ()) -> list[str]:
+        return [ds, "-q", "deidentify", str(src), str(dst), "--profile", "basic", "--secret-file", str(secret),
+                "--quarantine", str(work / "quarantine"), *extra]
+
+    cases: list[Case] = []
+
+    def add(key, label, group, cmd, inputs, dst, n, nbytes, **kw):
+        if args.only and not any(re.search(p, key) for p in args.only):
+            return
+        if args.skip and any(re.search(p, key) for p in args.skip):
+            return
+        info = kw.pop("info", {})
+        c = Case(key, label, group, cmd, inputs, dst, n, nbytes, **kw)
+        c.info.update(info)
+        cases.append(c)
+
+    n = sizes.ct_files
+    # (a)-(d): the same CT corpus through every tool
+    add("cp", "cp -r", "files", ["cp", "-r", str(ct), str(work / "cp")], [ct], work / "cp", n, ct_bytes, expect=n)
+    add("pydicom", "bare pydicom read+write", "files", [py, bench, "_floor", str(ct), str(work / "pydicom")],
+        [ct], work / "pydicom", n, ct_bytes, expect=n)
+    add("dicomsafe", "dicomsafe deidentify (basic, verified)", "files",
+        dicomsafe_cmd(ct, work / "dicomsafe"), [ct], work / "dicomsafe", n, ct_bytes, check="dicomsafe", expect=n)
+    if dicomsafe_has_jobs(ds):
+        for j in (1, 2):
+            add(f"dicomsafe-j{j}", f"dicomsafe deidentify --jobs {j}", "files",
+                dicomsafe_cmd(ct, work / f"dicomsafe-j{j}", ["--jobs", str(j)]), [ct], work / f"dicomsafe-j{j}",
+                n, ct_bytes, check="dicomsafe", expect=n)
+    add("deid", "deid (default recipe, Python API)", "files", [bench_py, bench, "_deid", str(flat), str(work / "deid")],
+        [ct], work / "deid", n, ct_bytes, expect=n)
+    add("dicognito", "dicognito", "files", [bench_py, "-m", "dicognito", "-q", "-o", str(work / "dicognito"), str(ct)],
+        [ct], work / "dicognito", n, ct_bytes, expect=n)
+    add("dicom-anonymizer", "dicom-anonymizer", "files",
+        [str(Path(bench_py).parent / "dicom-anonymizer"), str(flat), str(work / "dicom-anonymizer")],
+        [ct], work / "dicom-anonymizer", n, ct_bytes, expect=n, info={"mkdir_out": True})
+    add("gdcmanon", "gdcmanon -e (PS3.15 basic, certificate)", "files",
+        ["gdcmanon", "-e", "-c", str(cert), "-r", "--continue", "-i", str(ct), "-o", str(work / "gdcmanon")],
+        [ct], work / "gdcmanon", n, ct_bytes, expect=n)
+    erase = basic_profile_erase_tags()
+    add("dcmodify", "cp -r + dcmodify (erase basic-profile tags, private)", "files",
+        ["sh", "-c", 'src=$1; dst=$2; shift 2; cp -r "$src" "$dst" && '
+         'find "$dst" -type f -name "*.dcm" -exec dcmodify "$@" {} +',
+         "sh", str(ct), str(work / "dcmodify"), "-nb", "-ie", "-imt", "-ep", *erase],
+        [ct], work / "dcmodify", n, ct_bytes, expect=n, info={"erase_tags": len(erase) // 2})
+
+    # (f) how cost grows with the number of files
+    for m in sizes.scale_files:
+        if m == n:
+            continue
+        d = data / f"ct{m}"
+        build_ct(d, m, sizes.patients)
+        b = tree_bytes(d)
+        add(f"scale-pydicom-{m}", f"bare pydicom, {m} files", "scale", [py, bench, "_floor", str(d), str(work / f"pyd{m}")],
+            [d], work / f"pyd{m}", m, b, expect=m)
+        add(f"scale-dicomsafe-{m}", f"dicomsafe, {m} files", "scale", dicomsafe_cmd(d, work / f"ds{m}"), [d],
+            work / f"ds{m}", m, b, check="dicomsafe", expect=m)
+
+    # (f) peak RSS vs file size: one multi-frame file per size
+    free = shutil.disk_usage(out).free
+    mf_files: dict[int, Path] = {}
+    for size in sizes.multiframe:
+        need = 3 * size + 2 * sizes.encrypt + GiB
+        if need > free:
+            print(f"  skip multi-frame {human_bytes(size)}: not enough free disk ({free / 1e9:.0f} GB)", flush=True)
+            continue
+        d = data / f"mf-{size // MiB}M"
+        p = build_mf(d, size)
+        mf_files[size] = p
+        sz = p.stat().st_size
+        add(f"rss-dicomsafe-{size // MiB}M", f"dicomsafe, one {human_bytes(size)} multi-frame", "rss",
+            dicomsafe_cmd(d, work / f"mfds{size // MiB}"), [d], work / f"mfds{size // MiB}", 1, sz,
+            check="dicomsafe", expect=1)
+        if size <= GiB or args.floor_big:
+            add(f"rss-pydicom-{size // MiB}M", f"bare pydicom, one {human_bytes(size)} multi-frame", "rss",
+                [py, bench, "_floor", str(d), str(work / f"mfpy{size // MiB}")], [d], work / f"mfpy{size // MiB}", 1, sz,
+                expect=1)
+
+    # (e) encryption of one large file
+    enc_in = mf_files.get(sizes.encrypt) or build_mf(data / f"enc-{sizes.encrypt // MiB}M", sizes.encrypt)
+    eb = enc_in.stat().st_size
+    age_ct = data / "enc-input.age"
+    aes_ct = data / "enc-input.dsa"
+    if not age_ct.exists():
+        subprocess.run(["age", "-r", recipient, "-o", str(age_ct), str(enc_in)], check=True)
+    if not aes_ct.exists():
+        subprocess.run([ds, "encrypt", "-r", recipient, "--format", "aes", "-o", str(aes_ct), str(enc_in)], check=True)
+    w = work
+    add("enc-cp", "cp (one file)", "crypto", ["cp", str(enc_in), str(w / "enc.cp")], [enc_in], w / "enc.cp", 1, eb, check="file")
+    add("enc-age", "age -e (age CLI)", "crypto", ["age", "-r", recipient, "-o", str(w / "enc.age"), str(enc_in)],
+        [enc_in], w / "enc.age", 1, eb, check="file")
+    add("enc-dicomsafe-age", "dicomsafe encrypt --format age", "crypto",
+        [ds, "encrypt", "-r", recipient, "--format", "age", "-o", str(w / "enc.ds.age"), str(enc_in)],
+        [enc_in], w / "enc.ds.age", 1, eb, check="file")
+    add("enc-dicomsafe-aes", "dicomsafe encrypt --format aes", "crypto",
+        [ds, "encrypt", "-r", recipient, "--format", "aes", "-o", str(w / "enc.ds.dsa"), str(enc_in)],
+        [enc_in], w / "enc.ds.dsa", 1, eb, check="file")
+    add("dec-age", "age -d (age CLI)", "crypto", ["age", "-d", "-i", str(identity), "-o", str(w / "dec.age"), str(age_ct)],
+        [age_ct], w / "dec.age", 1, eb, check="file")
+    add("dec-dicomsafe-age", "dicomsafe decrypt (age file made by the age CLI)", "crypto",
+        [ds, "decrypt", "-i", str(identity), "-o", str(w / "dec.ds.age"), str(age_ct)],
+        [age_ct], w / "dec.ds.age", 1, eb, check="file")
+    add("dec-dicomsafe-aes", "dicomsafe decrypt --format aes file", "crypto",
+        [ds, "decrypt", "-i", str(identity), "-o", str(w / "dec.ds.dsa"), str(aes_ct)],
+        [aes_ct], w / "dec.ds.dsa", 1, eb, check="file")
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------
+# Profile
+# ---------------------------------------------------------------------------------------------
+
+
+def profile_run(sizes: Sizes, out: Path, py: str) -> dict:
+    """cProfile of one single-process dicomsafe run over ``profile_files`` CT files."""
+    import pstats
+
+    data = out / "data" / f"ct{sizes.profile_files}"
+    build_ct(data, sizes.profile_files, sizes.patients)
+    dst = out / "work" / "profile"
+    remove(dst)
+    prof = out / "dicomsafe.prof"
+    secret = out / "keys" / "project.secret"
+    warm([data])
+    cmd = [py, "-m", "cProfile", "-o", str(prof), "-m", "dicomsafe", "-q", "deidentify", str(data), str(dst),
+           "--profile", "basic", "--secret-file", str(secret), "--quarantine", str(out / "work" / "quarantine")]
+    sec, rss, rc = timed(cmd, out / "bench.log")
+    st = pstats.Stats(str(prof))
+    total = st.total_tt
+    rows = []
+    for (fn, line, name), (cc, nc, tt, ct, callers) in st.stats.items():
+        rows.append({"func": f"{_short(fn)}:{line}({name})", "ncalls": nc, "tottime": tt, "cumtime": ct})
+    by_tot = sorted(rows, key=lambda r: -r["tottime"])[:20]
+    by_cum = sorted(rows, key=lambda r: -r["cumtime"])[:40]
+    with open(out / "profile.txt", "w") as fh:
+        st.stream = fh
+        st.sort_stats("cumulative").print_stats(60)
+        st.sort_stats("tottime").print_stats(40)
+    remove(dst)
+    return {"files": sizes.profile_files, "seconds": sec, "rc": rc, "total_tt": total,
+            "by_tottime": by_tot, "by_cumtime": by_cum}
+
+
+def _short(fn: str) -> str:
+    for marker in ("site-packages/", "lib/python3", "/dicomsafe/"):
+        if marker in fn:
+            tail = fn.split(marker, 1)[1]
+            return ("dicomsafe/" + tail) if marker == "/dicomsafe/" else tail
+    return fn
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+
+def _fmt(v: float, digits: int = 1) -> str:
+    if v >= 100:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}f}"
+
+
+def ratio(a: dict | None, b: dict | None, key: str) -> str:
+    if not a or not b or not b.get(key):
+        return "–"
+    return f"{a[key] / b[key]:.2f}×"
+
+
+def targets(res: dict) -> list[tuple[str, str, str]]:
+    """(target, measured, met?) for the issue's target lines, computed from the medians."""
+    m = {c["key"]: c["median"] for c in res["cases"]}
+    out = []
+    floor = m.get("pydicom")
+    j1 = m.get("dicomsafe-j1") or m.get("dicomsafe")
+    if floor and j1:
+        r = j1["files_per_s"] / floor["files_per_s"]
+        out.append(("dicomsafe single process ≥ 0.7× bare pydicom read+write (files/s)", f"{r:.2f}×",
+                    "met" if r >= 0.7 else "not met"))
+    j2 = m.get("dicomsafe-j2")
+    if j2 and m.get("dicomsafe-j1"):
+        r = j2["files_per_s"] / m["dicomsafe-j1"]["files_per_s"]
+        out.append(("--jobs 2 ≥ 1.8× --jobs 1", f"{r:.2f}×", "met" if r >= 1.8 else "not met"))
+    else:
+        out.append(("--jobs 2 ≥ 1.8× --jobs 1", "not measured", "n/a: --jobs is not on main at run time"))
+    scale = sorted(((c["n_files"], c["median"]) for c in res["cases"]
+                    if c["median"] and (c["key"].startswith("scale-dicomsafe") or c["key"] == "dicomsafe")),
+                   key=lambda t: t[0])
+    if len(scale) >= 2:
+        lo, hi = scale[0], scale[-1]
+        grow = hi[1]["maxrss_mib"] / lo[1]["maxrss_mib"]
+        out.append((f"peak RSS flat in file count ({lo[0]} → {hi[0]} files)",
+                    f"{lo[1]['maxrss_mib']:.0f} → {hi[1]['maxrss_mib']:.0f} MiB ({grow:.2f}×)",
+                    "met" if grow <= 1.15 else "not met"))
+    rss = sorted(((c["n_bytes"], c["median"]) for c in res["cases"] if c["key"].startswith("rss-dicomsafe") and c["median"]),
+                 key=lambda t: t[0])
+    if rss:
+        size, med = rss[-1]
+        label = f"peak RSS < 150 MiB per worker on a 2 GB file (largest measured: {human_bytes(size)})"
+        out.append((label, f"{med['maxrss_mib']:.0f} MiB",
+                    ("met" if med["maxrss_mib"] < 150 else "not met") + ("" if size >= 2 * GiB - MiB else " (smaller file)")))
+    if m.get("enc-dicomsafe-age") and m.get("enc-age"):
+        r = m["enc-dicomsafe-age"]["mb_per_s"] / m["enc-age"]["mb_per_s"]
+        out.append(("encryption, age format ≥ 1.0× the age CLI", f"{r:.2f}×", "met" if r >= 1.0 else "not met"))
+    if m.get("enc-dicomsafe-aes") and m.get("enc-cp"):
+        r = m["enc-dicomsafe-aes"]["mb_per_s"] / m["enc-cp"]["mb_per_s"]
+        out.append(("encryption, aes format ≥ 0.8× cp", f"{r:.2f}×", "met" if r >= 0.8 else "not met"))
+    return out
+
+
+def render(res: dict) -> str:
+    mi = res["machine"]
+    m = {c["key"]: c["median"] for c in res["cases"]}
+    L: list[str] = []
+    L.append(f"Measured {res['started']} ({res['mode']} mode, {res['runs']} runs per measurement, median shown; "
+             f"{res['elapsed_s'] / 60:.0f} min in all).")
+    L.append("")
+    L.append("**Machine.** " + f"{mi['nproc']} CPUs ({mi['cpu']}), {mi['memory']} RAM, Linux {mi['kernel']}, "
+             f"disk {mi['disk']}. Python {mi['python']}, pydicom {mi['pydicom']} (dicomsafe venv); peers' venv: "
+             + ", ".join(f"{k} {v}" for k, v in mi["peers_venv"].items()) + f". {mi['age']} (age); "
+             f"{mi['dcmodify']}; {mi['gdcmanon']}.")
+    la0, la1 = mi["loadavg_start"], res.get("loadavg_end", [0, 0, 0])
+    L.append("")
+    L.append(f"**Load.** 1-minute load average {la0[0]:.1f} at the start and {la1[0]:.1f} at the end. "
+             + res.get("load_note", ""))
+    L.append("")
+    L.append(f"**Command.** `{res['command']}`")
+    L.append("")
+    L.append(f"**Verification.** {res['verify_note']}")
+    L.append("")
+    floor, cp = m.get("pydicom"), m.get("cp")
+    L.append(f"### De-identification of {res['sizes']['ct_files']:,} single-frame CT files "
+             f"({res['ct_bytes'] / 1e9:.2f} GB, 512×512 16-bit, fake PHI)")
+    L.append("")
+    L.append("| tool | files/s | MB/s | peak RSS (MiB) | vs bare pydicom | vs cp | note |")
+    L.append("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    for c in res["cases"]:
+        if c["group"] != "files":
+            continue
+        med = c["median"]
+        note = "; ".join(sorted({r["note"] for r in c["runs"] if r["note"]}))
+        if not med:
+            L.append(f"| {c['label']} | failed | | | | | {note} |")
+            continue
+        L.append(f"| {c['label']} | {_fmt(med['files_per_s'])} | {_fmt(med['mb_per_s'])} | {med['maxrss_mib']:.0f} "
+                 f"| {ratio(med, floor, 'files_per_s')} | {ratio(med, cp, 'files_per_s')} | {note} |")
+    L.append("")
+    L.append("### How cost grows with the number of files")
+    L.append("")
+    L.append("| run | files | seconds | files/s | peak RSS (MiB) |")
+    L.append("| --- | ---: | ---: | ---: | ---: |")
+    for c in sorted((c for c in res["cases"] if c["group"] == "scale" or c["key"] in ("dicomsafe", "pydicom")),
+                    key=lambda c: (c["key"].replace("scale-", "").split("-")[0], c["n_files"])):
+        med = c["median"]
+        if med:
+            L.append(f"| {c['label'] if c['group'] == 'scale' else c['label'].split(' (')[0] + ', ' + str(c['n_files']) + ' files'} "
+                     f"| {c['n_files']:,} | {med['seconds']:.1f} | {_fmt(med['files_per_s'])} | {med['maxrss_mib']:.0f} |")
+    if res.get("scale_note"):
+        L.append("")
+        L.append(res["scale_note"])
+    L.append("")
+    L.append("### Peak RSS vs file size (one multi-frame file)")
+    L.append("")
+    L.append("| run | file size | seconds | MB/s | peak RSS (MiB) |")
+    L.append("| --- | ---: | ---: | ---: | ---: |")
+    for c in sorted((c for c in res["cases"] if c["group"] == "rss"), key=lambda c: (c["key"].split("-")[1], c["n_bytes"])):
+        med = c["median"]
+        if med:
+            L.append(f"| {c['label']} | {human_bytes(c['n_bytes'])} | {med['seconds']:.1f} | {_fmt(med['mb_per_s'])} "
+                     f"| {med['maxrss_mib']:.0f} |")
+        else:
+            L.append(f"| {c['label']} | {human_bytes(c['n_bytes'])} | failed | | |")
+    if res.get("rss_note"):
+        L.append("")
+        L.append(res["rss_note"])
+    L.append("")
+    enc = next((c for c in res["cases"] if c["key"] == "enc-cp"), None)
+    L.append(f"### Encryption and decryption of one {human_bytes(enc['n_bytes']) if enc else '?'} file")
+    L.append("")
+    L.append("| tool | seconds | MB/s | peak RSS (MiB) | vs age CLI | vs cp |")
+    L.append("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for c in res["cases"]:
+        if c["group"] != "crypto":
+            continue
+        med = c["median"]
+        ref = m.get("dec-age" if c["key"].startswith("dec") else "enc-age")
+        if med:
+            L.append(f"| {c['label']} | {med['seconds']:.2f} | {_fmt(med['mb_per_s'])} | {med['maxrss_mib']:.0f} "
+                     f"| {ratio(med, ref, 'mb_per_s')} | {ratio(med, m.get('enc-cp'), 'mb_per_s')} |")
+        else:
+            L.append(f"| {c['label']} | failed | | | | |")
+    L.append("")
+    L.append("### Targets (issue 8)")
+    L.append("")
+    L.append("| target | measured | status |")
+    L.append("| --- | --- | --- |")
+    for t, v, s in res["targets"]:
+        L.append(f"| {t} | {v} | {s} |")
+    L.append("")
+    L.append("![throughput per tool](benchmarks.png)" if res.get("doc_is_docs") else "![throughput per tool](benchmarks.png)")
+    return "\n".join(L) + "\n"
+
+
+def render_profile(p: dict) -> str:
+    L = [f"cProfile of one single-process `dicomsafe deidentify --profile basic` run over {p['files']} CT files "
+         f"({p['seconds']:.1f} s wall under the profiler, {p['total_tt']:.1f} s profiled). Top functions by own time:",
+         "", "| function | calls | own s | cumulative s |", "| --- | ---: | ---: | ---: |"]
+    for r in p["by_tottime"][:15]:
+        L.append(f"| `{r['func']}` | {r['ncalls']:,} | {r['tottime']:.2f} | {r['cumtime']:.2f} |")
+    L += ["", "Largest cumulative costs inside dicomsafe and pydicom:", "",
+          "| function | calls | cumulative s | share |", "| --- | ---: | ---: | ---: |"]
+    shown = 0
+    for r in p["by_cumtime"]:
+        f = r["func"]
+        if not (f.startswith("dicomsafe/") or f.startswith("pydicom/")):
+            continue
+        L.append(f"| `{f}` | {r['ncalls']:,} | {r['cumtime']:.2f} | {100 * r['cumtime'] / p['total_tt']:.0f}% |")
+        shown += 1
+        if shown >= 18:
+            break
+    return "\n".join(L) + "\n"
+
+
+def splice(doc: Path, start: str, end: str, body: str) -> None:
+    text = doc.read_text() if doc.exists() else f"# Benchmarks\n\n{start}\n{end}\n"
+    if start not in text:
+        text += f"\n{start}\n{end}\n"
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    doc.write_text(f"{head}{start}\n{body}{end}{tail}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] in PRIVATE:
+        return PRIVATE[argv[0]](argv[1:])
+    ap = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes for development (not for publishing)")
+    ap.add_argument("--full", action="store_true", help="also 20,000 files (needs ~10 GB and a long time)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench-out", help="work directory (default ./bench-out)")
+    ap.add_argument("--runs", type=int, help="runs per measurement (default 2)")
+    ap.add_argument("--only", action="append", default=[], metavar="REGEX", help="measure only matching cases")
+    ap.add_argument("--skip", action="append", default=[], metavar="REGEX", help="skip matching cases")
+    ap.add_argument("--no-profile", action="store_true", help="skip the cProfile run")
+    ap.add_argument("--floor-big", action="store_true", help="bare pydicom also on multi-frame files > 1 GiB")
+    ap.add_argument("--doc", type=Path, help="markdown to update (default docs/benchmarks.md; "
+                                             "OUT/benchmarks.md with --quick)")
+    ap.add_argument("--keep-data", action="store_true", help="keep the generated corpora and outputs")
+    ap.add_argument("--bench-python", default=str(ROOT / ".venv-bench" / "bin" / "python"),
+                    help="python of the peers' venv (deid, dicognito, dicom-anonymizer, matplotlib)")
+    ap.add_argument("--load-note", default="", help="free text about other load on the machine, for the doc")
+    args = ap.parse_args(argv)
+
+    mode = "quick" if args.quick else "full" if args.full else "standard"
+    sizes = Sizes.for_mode(mode)
+    if args.runs:
+        sizes.runs = args.runs
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    doc = args.doc or (out / "benchmarks.md" if args.quick else ROOT / "docs" / "benchmarks.md")
+    py = sys.executable
+    t_start = time.perf_counter()
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    log = out / "bench.log"
+    log.write_text("")
+
+    info = machine_info(out, args.bench_python)
+    need = sizes.ct_files * 530_000 * 3 + sum(sizes.multiframe) * 2 + sizes.encrypt * 4
+    if shutil.disk_usage(out).free < need * 0.6:
+        print(f"bench: only {shutil.disk_usage(out).free / 1e9:.0f} GB free; multi-frame sizes that do not fit are skipped",
+              file=sys.stderr)
+    cases = plan(args, sizes, out, py, args.bench_python)
+    print(f"measuring {len(cases)} cases × {sizes.runs} runs (interleaved) …", flush=True)
+    for r in range(sizes.runs):
+        for c in cases:
+            run = run_case(c, log)
+            c.runs.append(run)
+            print(f"  run {r + 1}/{sizes.runs} {c.key:<24} {run.seconds:8.2f} s {run.maxrss_mib:7.0f} MiB"
+                  f"{'' if run.ok else '  FAILED ' + run.note}", flush=True)
+            if c.group != "files" or not args.keep_data:
+                remove(c.out)
+        # outputs of the first round stay only with --keep-data (inspection)
+    prof = None
+    if not args.no_profile and not args.only:
+        print(f"profiling dicomsafe on {sizes.profile_files} files …", flush=True)
+        prof = profile_run(sizes, out, py)
+
+    has_verify = subprocess.run([py, "-c", "import dicomsafe.verify"], capture_output=True).returncode == 0
+    res = {
+        "started": started,
+        "mode": mode,
+        "runs": sizes.runs,
+        "sizes": asdict(sizes),
+        "command": "scripts/bench" + (" --quick" if args.quick else "") + (" --full" if args.full else ""),
+        "machine": info,
+        "loadavg_end": os.getloadavg(),
+        "load_note": args.load_note,
+        "verify_note": ("on: every output is re-read and checked for the input's PHI values before it is "
+                        "committed (dicomsafe.verify), as in production." if has_verify else
+                        "dicomsafe.verify was not on main at run time: outputs were NOT verified."),
+        "ct_bytes": next((c.n_bytes for c in cases if c.key == "cp"), 0),
+        "cases": [{"key": c.key, "label": c.label, "group": c.group, "n_files": c.n_files, "n_bytes": c.n_bytes,
+                   "runs": [asdict(r) for r in c.runs], "median": c.median(),
+                   "info": {k: v for k, v in c.info.items() if k != "mkdir_out"}} for c in cases],
+        "profile": prof,
+    }
+    if 20000 not in sizes.scale_files:
+        res["scale_note"] = ("20,000 files were not run in this mode (`--full` runs them): they need ~10 GB of "
+                             "corpus plus outputs and, at the rates above, over half an hour per tool on a shared "
+                             "2-core machine; 200 → 2,000 files already shows whether the rate and RSS stay flat.")
+    res["elapsed_s"] = time.perf_counter() - t_start
+    res["targets"] = targets(res)
+    (out / "results.json").write_text(json.dumps(res, indent=1, default=str))
+
+    png = doc.parent / "benchmarks.png"
+    subprocess.run([args.bench_python, str(Path(__file__).resolve()), "_chart", str(out / "results.json"), str(png)],
+                   check=False)
+    splice(doc, MARK_START, MARK_END, render(res))
+    if prof:
+        splice(doc, PROF_START, PROF_END, render_profile(prof))
+    if not args.keep_data:
+        remove(out / "data")
+        remove(out / "work")
+    print(f"results: {out / 'results.json'}; doc: {doc}; chart: {png}")
+    print("\n".join(f"  {t}: {v} — {s}" for t, v, s in res["targets"]))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Private sub-commands (the measured programs, and the chart)
+# ---------------------------------------------------------------------------------------------
+
+
+def _floor(argv: list[str]) -> int:
+    """Bare pydicom: dcmread + save_as of every file, one process — the floor for pydicom tools."""
+    import pydicom
+
+    src, dst = Path(argv[0]), Path(argv[1])
+    for f in files_under(src):
+        if not f.name.endswith(".dcm"):
+            continue
+        ds = pydicom.dcmread(f)
+        o = dst / f.relative_to(src)
+        o.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(o)
+    return 0
+
+
+def _deid(argv: list[str]) -> int:
+    """deid with its default recipe (deid.dicom), through its Python API, recipe parsed once."""
+    from deid.config import DeidRecipe
+    from deid.dicom import replace_identifiers
+
+    src, dst = Path(argv[0]), Path(argv[1])
+    dst.mkdir(parents=True, exist_ok=True)
+    files = [str(f) for f in files_under(src) if f.name.endswith(".dcm")]
+    recipe = DeidRecipe()
+    replace_identifiers(dicom_files=files, deid=recipe, save=True, output_folder=str(dst), overwrite=True)
+    return 0
+
+
+def _chart(argv: list[str]) -> int:
+    """Throughput per tool (files/s for the CT corpus; MB/s for encryption), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = json.loads(Path(argv[0]).read_text())
+    files = [c for c in res["cases"] if c["group"] == "files" and c["median"]]
+    crypto = [c for c in res["cases"] if c["group"] == "crypto" and c["median"]]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1.25, 1]})
+    files.sort(key=lambda c: c["median"]["files_per_s"])
+    names = [c["label"].split(" (")[0] for c in files]
+    vals = [c["median"]["files_per_s"] for c in files]
+    colors = ["#1b7f3b" if c["key"].startswith("dicomsafe") else "#888888" if c["key"] in ("cp", "pydicom")
+              else "#3465a4" for c in files]
+    a.barh(names, vals, color=colors)
+    for y, v in enumerate(vals):
+        a.text(v, y, f" {v:,.0f}" if v >= 10 else f" {v:.1f}", va="center", fontsize=8)
+    a.set_xscale("log")
+    a.set_xlabel("files/s (log scale, higher is better)")
+    a.set_title(f"De-identify {res['sizes']['ct_files']:,} CT files (0.5 MB each)")
+    crypto.sort(key=lambda c: c["median"]["mb_per_s"])
+    names = [c["label"].split(" (")[0] for c in crypto]
+    vals = [c["median"]["mb_per_s"] for c in crypto]
+    colors = ["#1b7f3b" if "dicomsafe" in c["key"] else "#888888" if c["key"] == "enc-cp" else "#3465a4" for c in crypto]
+    b.barh(names, vals, color=colors)
+    for y, v in enumerate(vals):
+        b.text(v, y, f" {v:,.0f}", va="center", fontsize=8)
+    b.set_xlabel("MB/s (higher is better)")
+    b.set_title("Encrypt / decrypt one large file")
+    fig.suptitle(f"dicomsafe benchmarks — {res['machine']['nproc']} CPUs, {res['started']} ({res['mode']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(argv[1], dpi=110)
+    return 0
+
+
+PRIVATE = {"_floor": _floor, "_deid": _deid, "_chart": _chart}
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -212,6 +212,8 @@ def run_case(case: Case, log: Path) -> Run:
         ok = ok and case.out.is_file()
     if not ok and not note:
         note = f"exit {rc}"
+    if case.info.get("needles") is not None and "residue" not in case.info and case.out.exists():
+        case.info["residue"] = residue_scan(case.out, case.info["needles"])
     return Run(sec, rss, rc, ok, note)
 
 
@@ -258,6 +260,40 @@ def build_mf(dst_dir: Path, size: int) -> Path:
     p = build_multiframe(dst_dir, size)
     stamp.write_text(want)
     return p
+
+
+def planted_needles(patients: int, seed: int = 0) -> dict[str, list[bytes]]:
+    """The fake PHI the CT generator planted (dicomsafe.corpus identities), by kind."""
+    from dicomsafe.corpus import _make_identities
+
+    out: dict[str, list[bytes]] = {"name": [], "patient id": [], "ssn": [], "other id": [], "address": [],
+                                   "physician": []}
+    for who in _make_identities(seed, patients):
+        out["name"] += [who.family.encode("latin-1"), who.given.encode("latin-1")]
+        out["patient id"].append(who.patient_id.encode())
+        out["ssn"].append(who.ssn.encode())
+        out["other id"].append(who.other_id.encode())
+        out["address"].append(who.address.encode("latin-1", "replace"))
+        out["physician"].append(who.physician.encode("latin-1", "replace"))
+    return out
+
+
+def residue_scan(out: Path, needles: dict[str, list[bytes]]) -> dict:
+    """Untimed check of a tool's outputs: how many files still hold a planted value, by kind.
+    A crude exact-bytes search (no charsets or case variants): a floor on what leaked."""
+    files = 0
+    by_kind: dict[str, int] = {}
+    for f in files_under(out):
+        if ".dicomsafe" in f.parts:
+            continue
+        data = f.read_bytes()
+        hit = False
+        for kind, vals in needles.items():
+            if any(v and v in data for v in vals):
+                by_kind[kind] = by_kind.get(kind, 0) + 1
+                hit = True
+        files += hit
+    return {"files": files, "by_kind": by_kind}
 
 
 def tree_bytes(path: Path) -> int:
@@ -397,6 +433,7 @@ def plan(args, sizes: Sizes, out: Path, py: str, bench_py: str) -> list[Case]:
                 "--quarantine", str(work / "quarantine"), *extra]
 
     cases: list[Case] = []
+    needles = planted_needles(sizes.patients)
 
     def add(key, label, group, cmd, inputs, dst, n, nbytes, **kw):
         if args.only and not any(re.search(p, key) for p in args.only):
@@ -404,6 +441,8 @@ def plan(args, sizes: Sizes, out: Path, py: str, bench_py: str) -> list[Case]:
         if args.skip and any(re.search(p, key) for p in args.skip):
             return
         info = kw.pop("info", {})
+        if group == "files" and key != "cp":
+            info["needles"] = needles
         c = Case(key, label, group, cmd, inputs, dst, n, nbytes, **kw)
         c.info.update(info)
         cases.append(c)
@@ -420,6 +459,9 @@ def plan(args, sizes: Sizes, out: Path, py: str, bench_py: str) -> list[Case]:
             add(f"dicomsafe-j{j}", f"dicomsafe deidentify --jobs {j}", "files",
                 dicomsafe_cmd(ct, work / f"dicomsafe-j{j}", ["--jobs", str(j)]), [ct], work / f"dicomsafe-j{j}",
                 n, ct_bytes, check="dicomsafe", expect=n)
+    add("dicomsafe-noverify", "diagnostic: dicomsafe with verification off (API only)", "files",
+        [py, bench, "_noverify", str(ct), str(work / "dicomsafe-noverify"), str(secret), str(work / "quarantine")],
+        [ct], work / "dicomsafe-noverify", n, ct_bytes, check="dicomsafe", expect=n)
     add("deid", "deid (default recipe, Python API)", "files", [bench_py, bench, "_deid", str(flat), str(work / "deid")],
         [ct], work / "deid", n, ct_bytes, expect=n)
     add("dicognito", "dicognito", "files", [bench_py, "-m", "dicognito", "-q", "-o", str(work / "dicognito"), str(ct)],
@@ -522,7 +564,7 @@ def profile_run(sizes: Sizes, out: Path, py: str) -> dict:
     total = st.total_tt
     rows = []
     for (fn, line, name), (cc, nc, tt, ct, callers) in st.stats.items():
-        rows.append({"func": f"{_short(fn)}:{line}({name})", "ncalls": nc, "tottime": tt, "cumtime": ct})
+        rows.append({"func": f"{_short(fn)}:{line}({name})" if fn != "~" else name, "ncalls": nc, "tottime": tt, "cumtime": ct})
     by_tot = sorted(rows, key=lambda r: -r["tottime"])[:20]
     by_cum = sorted(rows, key=lambda r: -r["cumtime"])[:40]
     with open(out / "profile.txt", "w") as fh:
@@ -535,11 +577,14 @@ def profile_run(sizes: Sizes, out: Path, py: str) -> dict:
 
 
 def _short(fn: str) -> str:
-    for marker in ("site-packages/", "lib/python3", "/dicomsafe/"):
-        if marker in fn:
-            tail = fn.split(marker, 1)[1]
-            return ("dicomsafe/" + tail) if marker == "/dicomsafe/" else tail
-    return fn
+    if "site-packages/" in fn:
+        return fn.split("site-packages/", 1)[1]
+    if "/dicomsafe/" in fn:
+        return "dicomsafe/" + fn.rsplit("/dicomsafe/", 1)[1]
+    m = re.search(r"lib/python3\.\d+/(.*)$", fn)
+    if m:
+        return m.group(1)
+    return "" if fn == "~" else fn
 
 
 # ---------------------------------------------------------------------------------------------
@@ -624,18 +669,22 @@ def render(res: dict) -> str:
     L.append(f"### De-identification of {res['sizes']['ct_files']:,} single-frame CT files "
              f"({res['ct_bytes'] / 1e9:.2f} GB, 512×512 16-bit, fake PHI)")
     L.append("")
-    L.append("| tool | files/s | MB/s | peak RSS (MiB) | vs bare pydicom | vs cp | note |")
-    L.append("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    L.append("| tool | files/s | MB/s | peak RSS (MiB) | vs bare pydicom | vs cp | files with planted PHI left | note |")
+    L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for c in res["cases"]:
         if c["group"] != "files":
             continue
         med = c["median"]
         note = "; ".join(sorted({r["note"] for r in c["runs"] if r["note"]}))
+        res_ = c["info"].get("residue")
+        left = "–" if not res_ else (f"{res_['files']:,}" + (" (" + ", ".join(f"{k} {v:,}" for k, v in
+                                                                      sorted(res_["by_kind"].items())) + ")"
+                                                            if res_["files"] else ""))
         if not med:
-            L.append(f"| {c['label']} | failed | | | | | {note} |")
+            L.append(f"| {c['label']} | failed | | | | | {left} | {note} |")
             continue
         L.append(f"| {c['label']} | {_fmt(med['files_per_s'])} | {_fmt(med['mb_per_s'])} | {med['maxrss_mib']:.0f} "
-                 f"| {ratio(med, floor, 'files_per_s')} | {ratio(med, cp, 'files_per_s')} | {note} |")
+                 f"| {ratio(med, floor, 'files_per_s')} | {ratio(med, cp, 'files_per_s')} | {left} | {note} |")
     L.append("")
     L.append("### How cost grows with the number of files")
     L.append("")
@@ -797,7 +846,7 @@ def main(argv: list[str]) -> int:
         "ct_bytes": next((c.n_bytes for c in cases if c.key == "cp"), 0),
         "cases": [{"key": c.key, "label": c.label, "group": c.group, "n_files": c.n_files, "n_bytes": c.n_bytes,
                    "runs": [asdict(r) for r in c.runs], "median": c.median(),
-                   "info": {k: v for k, v in c.info.items() if k != "mkdir_out"}} for c in cases],
+                   "info": {k: v for k, v in c.info.items() if k not in ("mkdir_out", "needles")}} for c in cases],
         "profile": prof,
     }
     if 20000 not in sizes.scale_files:
@@ -855,6 +904,19 @@ def _deid(argv: list[str]) -> int:
     return 0
 
 
+def _noverify(argv: list[str]) -> int:
+    """dicomsafe's pipeline with verification switched off — a diagnostic row only, to show what
+    verification costs; no user-facing option does this (verification is never optional)."""
+    from dicomsafe.pipeline import RunSettings, deidentify_tree
+    from dicomsafe.profiles import load_profile
+    from dicomsafe.pseudonyms import load_secret
+
+    settings = RunSettings(src=Path(argv[0]), dst=Path(argv[1]), profile=load_profile("basic"),
+                           secret=load_secret(argv[2]), quarantine=Path(argv[3]), quiet=True, verify=False)
+    deidentify_tree(settings)
+    return 0
+
+
 def _chart(argv: list[str]) -> int:
     """Throughput per tool (files/s for the CT corpus; MB/s for encryption), as a PNG."""
     import matplotlib
@@ -892,7 +954,7 @@ def _chart(argv: list[str]) -> int:
     return 0
 
 
-PRIVATE = {"_floor": _floor, "_deid": _deid, "_chart": _chart}
+PRIVATE = {"_floor": _floor, "_deid": _deid, "_noverify": _noverify, "_chart": _chart}
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -54,7 +54,7 @@ class Sizes:
     encrypt: int = GiB
     profile_files: int = 500
     runs: int = 2
-    patients: int = 10
+    patients: int = 6  # dicomsafe.corpus.MAX_PATIENTS
 
     @classmethod
     def for_mode(cls, mode: str) -> "Sizes":
@@ -803,6 +803,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--doc", type=Path, help="markdown to update (default docs/benchmarks.md; "
                                              "OUT/benchmarks.md with --quick)")
     ap.add_argument("--keep-data", action="store_true", help="keep the generated corpora and outputs")
+    ap.add_argument("--prepare-only", action="store_true",
+                    help="build the inputs (cached in OUT/data) and stop: lets the timed run start sooner")
     ap.add_argument("--bench-python", default=str(ROOT / ".venv-bench" / "bin" / "python"),
                     help="python of the peers' venv (deid, dicognito, dicom-anonymizer, matplotlib)")
     ap.add_argument("--load-note", default="", help="free text about other load on the machine, for the doc")
@@ -827,6 +829,10 @@ def main(argv: list[str]) -> int:
         print(f"bench: only {shutil.disk_usage(out).free / 1e9:.0f} GB free; multi-frame sizes that do not fit are skipped",
               file=sys.stderr)
     cases = plan(args, sizes, out, py, args.bench_python)
+    if args.prepare_only:
+        build_ct(out / "data" / f"ct{sizes.profile_files}", sizes.profile_files, sizes.patients)
+        print(f"inputs ready in {out / 'data'}; {len(cases)} cases planned")
+        return 0
     print(f"measuring {len(cases)} cases × {sizes.runs} runs (interleaved) …", flush=True)
     for r in range(sizes.runs):
         for c in cases:
@@ -840,6 +846,7 @@ def main(argv: list[str]) -> int:
         # outputs of the first round stay only with --keep-data (inspection)
     prof = None
     if not args.no_profile and not args.only:
+        build_ct(out / "data" / f"ct{sizes.profile_files}", sizes.profile_files, sizes.patients)
         print(f"profiling dicomsafe on {sizes.profile_files} files …", flush=True)
         prof = profile_run(sizes, out, py)
 

@@ -496,8 +496,9 @@ class _Walker:
         if is_pixel or vr in ("OB", "OW"):
             return self._fragments(vpos, limit, count_bytes=not is_pixel)
         if vr == "UN":
-            # PS3.5 6.2.2: an undefined-length UN is a sequence encoded in implicit VR LE
-            return self._sequence(vpos, limit, True, depth + 1, defined=False)
+            # PS3.5 6.2.2: an undefined-length UN is a sequence (its items are implicit VR LE;
+            # like pydicom, detect the item encoding rather than assume it)
+            return self._sequence(vpos, limit, implicit, depth + 1, defined=False)
         if vr in (None, "SQ"):
             if vr is None and not self._is_sq(tag, vr, implicit):
                 nxt, _ = self._tag_len(vpos)
@@ -737,6 +738,9 @@ def _read_dicom(path: Path, limits: ReadLimits) -> ReadResult:
         if walker.trailing:
             raise InputFileError("truncated", "file ends inside an element header")
         ts = _transfer_syntax_for(layout)
+        if not UID(ts).is_transfer_syntax or UID(ts).is_private:
+            # private/unknown syntaxes: we cannot know how to re-encode them faithfully
+            raise InputFileError("unsupported-transfer-syntax", "unsupported transfer syntax")
 
         with _quiet_pydicom():
             fh.seek(0)
@@ -750,6 +754,7 @@ def _read_dicom(path: Path, limits: ReadLimits) -> ReadResult:
             _force_read(ds, 0, limits)
             _force_read(ds.file_meta, 0, limits)
     ds.filename = None  # no lazy re-reads from the source behind our back
+    ds.preamble = b"\x00" * 128  # the original (possibly a polyglot) is in ReadResult.preamble
     threat = preamble_threat(layout.preamble)
     return ReadResult(
         dataset=ds,

@@ -195,6 +195,7 @@ def test_polyglot_flagged_and_zeroed(tmp_path: Path, head: bytes, kind: str) -> 
     res = read_dicom(src)
     assert res.preamble_threat == kind
     assert res.preamble == bytes(raw[:128])
+    assert res.dataset.preamble == b"\x00" * 128  # a later save_as cannot resurrect it
     out = tmp_path / "out.dcm"
     write_dicom(res.dataset, out, pixel_ref=res.pixel_ref)
     data = out.read_bytes()
@@ -592,6 +593,16 @@ def test_truncated_pixel_data(tmp_path: Path) -> None:
     raw = tf("CT_small.dcm").read_bytes()
     assert _read_code(tmp_path, raw[:-1000]) == "truncated"
     assert _read_code(tmp_path, raw + b"\x01\x02\x03") == "truncated"
+
+
+def test_private_transfer_syntax_refused(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(tf("CT_small.dcm"))
+    ds.file_meta.TransferSyntaxUID = "1.2.840.113619.5.2"  # a vendor-private syntax
+    p = tmp_path / "priv.dcm"
+    ds.save_as(p)
+    with pytest.raises(InputFileError) as ei:
+        read_dicom(p)
+    assert ei.value.code == "unsupported-transfer-syntax"
 
 
 def test_not_dicom_and_empty(tmp_path: Path) -> None:

@@ -714,7 +714,7 @@ def read_dicom(path: str | os.PathLike[str], *, limits: ReadLimits = DEFAULT_LIM
         raise _map_exception(exc) from None
 
 
-def _read_dicom(path: Path, limits: ReadLimits) -> ReadResult:
+def _read_dicom(path: Path, limits: ReadLimits, *, full: bool = True) -> ReadResult:
     fh, st = _open_regular(path)
     with fh:
         size = st.st_size
@@ -749,10 +749,16 @@ def _read_dicom(path: Path, limits: ReadLimits) -> ReadResult:
             if not deflated and enc[1] != layout.little:
                 raise InputFileError("encoding-mismatch", "byte order of the dataset is ambiguous")
             pixel_ref = None
-            if not deflated:
-                pixel_ref = _attach_tail(fh, ds, walker, layout, path, st, ts)
-            _force_read(ds, 0, limits)
-            _force_read(ds.file_meta, 0, limits)
+            if not full:
+                pass  # header only: the walk already proved the structure; values stay raw
+            else:
+                if not deflated:
+                    pixel_ref = _attach_tail(fh, ds, walker, layout, path, st, ts)
+                _force_read(ds, 0, limits)
+                _force_read(ds.file_meta, 0, limits)
+            now = os.fstat(fh.fileno())
+            if (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+                raise InputFileError("changed", "file changed while it was read")
     ds.filename = None  # no lazy re-reads from the source behind our back
     ds.preamble = b"\x00" * 128  # the original (possibly a polyglot) is in ReadResult.preamble
     threat = preamble_threat(layout.preamble)
@@ -843,12 +849,19 @@ def _attach_tail(
 
 
 def read_header(path: str | os.PathLike[str], *, limits: ReadLimits = DEFAULT_LIMITS) -> Dataset:
-    """The dataset without pixel data (same checks as :func:`read_dicom`).
+    """The dataset up to (not including) the first top-level pixel element, for discovery.
 
-    Discovery uses it for study grouping. The structural walk only reads element headers, so the
-    cost is proportional to the number of elements, not to the pixel data size.
+    Same structural walk and limits as :func:`read_dicom` (so a hostile file fails here too, with
+    the same codes), but values are not converted up front and elements after the pixel data
+    are not parsed: study grouping needs a few UIDs, and the pipeline reads the file properly
+    later. The walk reads element headers only, so the cost does not grow with pixel data size.
     """
-    return read_dicom(path, limits=limits).dataset
+    try:
+        return _read_dicom(Path(os.fspath(path)), limits, full=False).dataset
+    except InputFileError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise _map_exception(exc) from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -236,11 +237,15 @@ def study_uid_of(sf: SourceFile) -> str:
         ds = dicomio.read_header(sf.path)
     except InputFileError:
         return NO_STUDY
-    value = ds.get("StudyInstanceUID")
-    if value is None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warning texts can quote values
+            value = ds.get("StudyInstanceUID")
+    except Exception:  # noqa: BLE001 - a value pydicom cannot convert: study unknown
         return NO_STUDY
-    uid = str(value).strip().strip("\x00")
-    return uid
+    if not isinstance(value, str):  # absent, or multi-valued (malformed)
+        return NO_STUDY
+    return value.strip(" \x00")
 
 
 def group_studies(

@@ -246,6 +246,17 @@ def test_read_header_has_no_pixels_and_stops_cheaply() -> None:
     assert "Rows" in ds
 
 
+def test_read_header_applies_the_same_walk(tmp_path: Path) -> None:
+    with pytest.raises(InputFileError) as ei:
+        read_header(tf("MR_truncated.dcm"))
+    assert ei.value.code == "truncated"
+    p = tmp_path / "deep.dcm"
+    p.write_bytes(part10(sop_body() + nested_sq(40)))
+    with pytest.raises(InputFileError) as ei:
+        read_header(p)
+    assert ei.value.code == "too-deep"
+
+
 def test_pixel_ref_points_at_the_pixel_value() -> None:
     path = tf("CT_small.dcm")
     res = read_dicom(path)

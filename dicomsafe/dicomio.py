@@ -57,6 +57,37 @@ from .fsutil import atomic_writer
 
 log = logging.getLogger(__name__)
 
+
+class _RedactPydicomLog(logging.Filter):
+    """pydicom logs (and warns) with texts that quote element values, e.g. "Invalid value for VR
+    PN: '<a name>'". Records of its loggers keep their level but lose their text, so no value
+    can reach a log file or the terminal through them, whatever logging set-up the CLI uses."""
+
+    MESSAGE = "pydicom reported a problem with a data element (details withheld: may quote values)"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self.MESSAGE
+        record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+def _install_pydicom_log_redaction() -> None:
+    names = (
+        "pydicom",
+        "pydicom.pixels.decoders.base",
+        "pydicom.pixels.encoders.base",
+        "pydicom.pixels.utils",
+    )
+    for name in names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RedactPydicomLog) for f in logger.filters):
+            logger.addFilter(_RedactPydicomLog())
+
+
+_install_pydicom_log_redaction()
+
 #: dicomsafe's Implementation Class UID (a fixed UUID-derived OID under 2.25, PS3.5 B.2).
 IMPLEMENTATION_CLASS_UID = "2.25.169421573672751245676750037997110103044"
 #: Implementation Version Name written into the file meta (SH, at most 16 characters).
@@ -155,6 +186,7 @@ class ReadResult:
     has_file_meta: bool
     trailing_bytes: int = 0
     size: int = 0
+    path: Path | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -773,6 +805,7 @@ def _read_dicom(path: Path, limits: ReadLimits, *, full: bool = True) -> ReadRes
         has_file_meta=layout.has_meta,
         trailing_bytes=walker.trailing,
         size=size,
+        path=path,
     )
 
 

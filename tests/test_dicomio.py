@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import random
 import shutil
@@ -604,6 +605,21 @@ def test_truncated_pixel_data(tmp_path: Path) -> None:
     raw = tf("CT_small.dcm").read_bytes()
     assert _read_code(tmp_path, raw[:-1000]) == "truncated"
     assert _read_code(tmp_path, raw + b"\x01\x02\x03") == "truncated"
+
+
+def test_pydicom_log_records_are_redacted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """pydicom logs "Invalid value for VR UI: '<value>'"; no such value may reach our logs."""
+    ds = pydicom.dcmread(tf("CT_small.dcm"))
+    p = tmp_path / "bad.dcm"
+    with pytest.warns(UserWarning):
+        ds.add_new(0x00081150, "UI", "1.2.PLANTEDVALUE")  # not a valid UID: pydicom complains
+        ds.save_as(p)
+    caplog.clear()
+    with caplog.at_level("DEBUG"):
+        res = read_dicom(p)
+        write_dicom(res.dataset, tmp_path / "o.dcm", pixel_ref=res.pixel_ref)
+    assert any(r.name == "pydicom" for r in caplog.records)  # pydicom did log ...
+    assert "PLANTEDVALUE" not in caplog.text  # ... but not the value
 
 
 def test_private_transfer_syntax_refused(tmp_path: Path) -> None:

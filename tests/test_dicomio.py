@@ -30,6 +30,7 @@ from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    RLELossless,
     generate_uid,
 )
 
@@ -729,9 +730,12 @@ def test_arbitrary_bytes_never_raise_anything_else(tmp_path: Path, data: bytes) 
 # --------------------------------------------------------------------------------------------
 
 
-def build_large_multiframe(path: Path, frames: int, rows: int = 512, cols: int = 512) -> str:
-    """Write a native 16-bit multi-frame file of ``frames`` frames without holding the pixels;
-    return the SHA-256 of the pixel bytes."""
+def build_large_multiframe(
+    path: Path, frames: int, rows: int = 512, cols: int = 512, *, encapsulated: bool = False
+) -> str:
+    """Write a 16-bit multi-frame file of ``frames`` frames without holding the pixels; return
+    the SHA-256 of the Pixel Data value (for encapsulated data: every item and the delimiter).
+    Encapsulated frames are not real RLE streams: the writer copies bytes and never decodes."""
     ds = Dataset()
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7.3"
     ds.SOPInstanceUID = generate_uid()
@@ -745,18 +749,30 @@ def build_large_multiframe(path: Path, frames: int, rows: int = 512, cols: int =
     ds.Rows, ds.Columns = rows, cols
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.TransferSyntaxUID = RLELossless if encapsulated else ExplicitVRLittleEndian
     frame_len = rows * cols * 2
     length = frame_len * frames
     h = hashlib.sha256()
     base = np.arange(rows * cols, dtype=np.uint16)
+
+    def put(fh, data: bytes) -> None:
+        h.update(data)
+        fh.write(data)
+
     with open(path, "wb") as fh:
         pydicom.dcmwrite(fh, ds, enforce_file_format=True)
-        fh.write(struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OW", 0, length))
+        if encapsulated:
+            fh.write(struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF))
+            put(fh, struct.pack("<HHL", 0xFFFE, 0xE000, 0))  # empty Basic Offset Table
+        else:
+            fh.write(struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OW", 0, length))
         for f in range(frames):
             frame = (base + f * 7).astype("<u2").tobytes()
-            h.update(frame)
-            fh.write(frame)
+            if encapsulated:
+                put(fh, struct.pack("<HHL", 0xFFFE, 0xE000, len(frame)))
+            put(fh, frame)
+        if encapsulated:
+            put(fh, struct.pack("<HHL", 0xFFFE, 0xE0DD, 0))
     return h.hexdigest()
 
 
@@ -779,7 +795,8 @@ CHILD = textwrap.dedent(
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc for VmHWM")
-def test_large_multiframe_streams_with_bounded_rss(tmp_path: Path) -> None:
+@pytest.mark.parametrize("encapsulated", [False, True], ids=["native", "encapsulated"])
+def test_large_multiframe_streams_with_bounded_rss(tmp_path: Path, encapsulated: bool) -> None:
     """Round-trip a 300 MiB multi-frame file in a fresh process; its peak RSS stays < 150 MiB.
 
     The peak is the child's own VmHWM (high-water mark of its address space, reset by exec).
@@ -787,7 +804,7 @@ def test_large_multiframe_streams_with_bounded_rss(tmp_path: Path) -> None:
     (this pytest process) across exec into the child's maxrss, which measures the wrong thing.
     """
     src = tmp_path / "big.dcm"
-    digest = build_large_multiframe(src, frames=600)  # 300 MiB of pixels
+    digest = build_large_multiframe(src, frames=600, encapsulated=encapsulated)  # 300 MiB
     assert src.stat().st_size > 300 << 20
     out = tmp_path / "out.dcm"
     log = tmp_path / "child.out"

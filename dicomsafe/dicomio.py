@@ -28,6 +28,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import stat
 import struct
 import warnings
@@ -37,7 +38,6 @@ from pathlib import Path
 from typing import IO, BinaryIO, Iterator
 
 import pydicom
-from pydicom import config as pydicom_config
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.filebase import DicomFileLike
@@ -417,9 +417,10 @@ class _Walker:
 
     def _check_value(self, vpos: int, length: int, limit: int) -> int:
         end = vpos + length
-        if length > self.size:
-            raise InputFileError("length-overflow", "an element length exceeds the file size")
         if end > self.size:
+            # a cut-off file and a corrupted length look alike; an absurd length is the latter
+            if length >= 0x80000000 or length > 16 * self.size:
+                raise InputFileError("length-overflow", "an element length exceeds the file size")
             raise InputFileError("truncated", "file ends inside an element value")
         if end > limit:
             raise InputFileError("length-overflow", "an element overruns its enclosing item")
@@ -696,6 +697,30 @@ def _quiet_pydicom() -> Iterator[None]:
         yield
 
 
+_TEXT_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+)
+# C0 controls other than TAB, LF, FF, CR and ESC (ISO 2022 escapes): never legitimate in text
+# values (PS3.5 6.1.2/6.1.3). NUL is only accepted as trailing padding.
+_BAD_TEXT = re.compile("[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]")
+
+
+def _check_text(value: object) -> None:
+    """Reject text values carrying binary bytes. A corrupted length field that makes a text
+    element swallow its neighbour (tag, VR, length, *its value*) shows up exactly like this; the
+    swallowed value (a patient name, say) would otherwise hide inside an innocent attribute where
+    no tag-based rule looks for it."""
+    values = value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else (value,)
+    for v in values:
+        if v is None:
+            continue
+        text = str(v).rstrip("\x00 ")
+        if _BAD_TEXT.search(text):
+            raise InputFileError(
+                "malformed-text", "a text value contains binary bytes (possibly a swallowed element)"
+            )
+
+
 def _force_read(ds: Dataset, depth: int, limits: ReadLimits) -> None:
     """Convert every element once (values, nested sequences) so malformed content fails here."""
     if depth > limits.max_depth:
@@ -703,6 +728,8 @@ def _force_read(ds: Dataset, depth: int, limits: ReadLimits) -> None:
     for tag in list(ds.keys()):
         elem = ds[tag]
         value = elem.value
+        if elem.VR in _TEXT_VRS:
+            _check_text(value)
         if elem.VR == "SQ":
             if not isinstance(value, Sequence):
                 raise InputFileError("malformed", "sequence could not be parsed")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import logging
 import os
 import random
 import shutil
@@ -29,7 +28,6 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
     RLELossless,
     generate_uid,
 )
@@ -580,6 +578,28 @@ def test_item_overrunning_its_sequence(tmp_path: Path) -> None:
     assert _read_code(tmp_path, part10(body)) == "length-overflow"
 
 
+def test_swallowed_neighbour_is_caught(tmp_path: Path) -> None:
+    """A length grown to swallow the next element hides a name inside an innocent attribute,
+    where no tag-based rule would look: the binary bytes in the text value give it away."""
+    neighbour = el(0x0008, 0x0090, b"PN", b"DOE^JOHN")
+    inst = el(0x0008, 0x0080, b"LO", b"HOSP")
+    good = part10(sop_body() + inst + neighbour)
+    assert _read_code(tmp_path, good) == "ok"
+    swallowing = struct.pack("<HH2sH", 0x0008, 0x0080, b"LO", 4 + len(neighbour)) + b"HOSP" + neighbour
+    p = tmp_path / "s.dcm"
+    p.write_bytes(part10(sop_body() + swallowing))
+    with pytest.raises(InputFileError) as ei:
+        read_dicom(p)
+    assert ei.value.code == "malformed-text"
+    assert "DOE" not in str(ei.value)
+
+
+@pytest.mark.parametrize("value", [b"ACME\x00\x00", b"ACME  ", b"line1\r\nline2", b"\x1b$B\x1b(B"])
+def test_legitimate_text_bytes_pass(tmp_path: Path, value: bytes) -> None:
+    body = sop_body() + el(0x0008, 0x0080, b"LO", value + (b" " if len(value) % 2 else b""))
+    assert _read_code(tmp_path, part10(body)) == "ok"
+
+
 def test_non_item_inside_sequence(tmp_path: Path) -> None:
     junk = el(0x0010, 0x0010, b"PN", PHI.encode())
     seq = struct.pack("<HH2sHL", 0x0040, 0xA730, b"SQ", 0, len(junk)) + junk
@@ -605,6 +625,8 @@ def test_deflate_bomb_is_bounded(tmp_path: Path) -> None:
 def test_truncated_pixel_data(tmp_path: Path) -> None:
     raw = tf("CT_small.dcm").read_bytes()
     assert _read_code(tmp_path, raw[:-1000]) == "truncated"
+    pixel_start = read_dicom(tf("CT_small.dcm")).pixel_ref.value_offset
+    assert _read_code(tmp_path, raw[: pixel_start + 100]) == "truncated"  # most of the value gone
     assert _read_code(tmp_path, raw + b"\x01\x02\x03") == "truncated"
 
 

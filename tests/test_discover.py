@@ -10,7 +10,6 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from dicomsafe import discover as dv
 from dicomsafe.discover import SourceFile, WalkStats, classify, discover, group_studies
 from dicomsafe.errors import ConfigError
 

@@ -187,6 +187,7 @@ class ReadResult:
     trailing_bytes: int = 0
     size: int = 0
     path: Path | None = None
+    mtime_ns: int = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,6 +449,7 @@ class _Walker:
             vrb = self._read(pos + 4, 2)
             if len(vrb) == 2 and not (0x40 < vrb[0] < 0x5B and 0x40 < vrb[1] < 0x5B):
                 implicit = True
+        last_tag = -1
         while True:
             if pos >= limit:
                 if item == "undefined":
@@ -472,6 +474,11 @@ class _Walker:
                 raise InputFileError("malformed", "unexpected item delimiter")
             if tag in (_ITEM, _SEQ_DELIM):
                 raise InputFileError("malformed", "unexpected item tag in a dataset")
+            if tag <= last_tag:
+                # PS3.5 7.1: ascending order, no repeats. pydicom would silently keep only the
+                # last of two equal tags, so the first value would escape every later check.
+                raise InputFileError("malformed", "data elements out of order or repeated")
+            last_tag = tag
             self._count()
             vrb = head[4:6]
             vr: str | None
@@ -833,6 +840,7 @@ def _read_dicom(path: Path, limits: ReadLimits, *, full: bool = True) -> ReadRes
         trailing_bytes=walker.trailing,
         size=size,
         path=path,
+        mtime_ns=st.st_mtime_ns,
     )
 
 

@@ -600,6 +600,20 @@ def test_legitimate_text_bytes_pass(tmp_path: Path, value: bytes) -> None:
     assert _read_code(tmp_path, part10(body)) == "ok"
 
 
+def test_repeated_or_unsorted_elements_refused(tmp_path: Path) -> None:
+    """pydicom keeps only the last of two equal tags; the first value would slip past every
+    check, so files that break the ascending-order rule are refused."""
+    name1 = el(0x0010, 0x0010, b"PN", b"DOE^JOHN")
+    name2 = el(0x0010, 0x0010, b"PN", b"ANON^X  ")
+    assert _read_code(tmp_path, part10(sop_body() + name1 + name2)) == "malformed"
+    later = el(0x0020, 0x000D, b"UI", b"1.2.3\x00")
+    assert _read_code(tmp_path, part10(sop_body() + later + name1)) == "malformed"
+    item = name1 + name2
+    seq = struct.pack("<HH2sHL", 0x0040, 0xA730, b"SQ", 0, len(item) + 8)
+    seq += struct.pack("<HHL", 0xFFFE, 0xE000, len(item)) + item
+    assert _read_code(tmp_path, part10(sop_body() + seq)) == "malformed"
+
+
 def test_non_item_inside_sequence(tmp_path: Path) -> None:
     junk = el(0x0010, 0x0010, b"PN", PHI.encode())
     seq = struct.pack("<HH2sHL", 0x0040, 0xA730, b"SQ", 0, len(junk)) + junk

@@ -507,8 +507,8 @@ class _Walker:
                 end = self._undefined(tag, vr, vpos, limit, implicit, depth, is_pixel)
             else:
                 end = self._check_value(vpos, length, limit)
-                if self._is_sq(tag, vr, implicit):
-                    self._sequence(vpos, end, implicit, depth + 1, defined=True)
+                if self._is_sq(tag, vr, implicit, length):
+                    self._sequence(vpos, end, implicit or vr == "UN", depth + 1, defined=True)
                 elif not is_pixel:
                     if length > self.limits.max_element_bytes:
                         raise InputFileError("too-large", "an element value is too large")
@@ -520,10 +520,13 @@ class _Walker:
             pos = end
 
     @staticmethod
-    def _is_sq(tag: int, vr: str | None, implicit: bool) -> bool:
+    def _is_sq(tag: int, vr: str | None, implicit: bool, length: int = 0) -> bool:
+        """Will pydicom parse this defined-length element as a sequence? (SQ; implicit VR with
+        a dictionary VR of SQ; explicit UN of a public SQ attribute, which pydicom re-types
+        when shorter than 64 KiB.)"""
         if vr == "SQ":
             return True
-        if vr is None:
+        if vr is None or (vr == "UN" and not (tag >> 16) & 1 and length < 0xFFFF):
             try:
                 return dictionary_VR(tag) == "SQ"
             except KeyError:

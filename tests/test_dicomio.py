@@ -614,6 +614,22 @@ def test_repeated_or_unsorted_elements_refused(tmp_path: Path) -> None:
     assert _read_code(tmp_path, part10(sop_body() + seq)) == "malformed"
 
 
+def test_public_sequence_sent_as_un_is_walked(tmp_path: Path) -> None:
+    """pydicom re-types an explicit UN ContentSequence as SQ and parses it (implicit VR inside),
+    so the walk validates it too."""
+    inner = struct.pack("<HHL", 0x0010, 0x0010, 8) + b"DOE^JOHN"  # implicit VR LE
+    good_item = struct.pack("<HHL", 0xFFFE, 0xE000, len(inner)) + inner
+    bad_item = struct.pack("<HHL", 0xFFFE, 0xE000, len(inner) + 100) + inner
+    for item, code in ((good_item, "ok"), (bad_item, "length-overflow")):
+        un = struct.pack("<HH2sHL", 0x0040, 0xA730, b"UN", 0, len(item)) + item
+        tail = el(0x0042, 0x0010, b"ST", b"T" * 200)  # DocumentTitle: room for the overrun
+        assert _read_code(tmp_path, part10(sop_body() + un + tail)) == code
+    p = tmp_path / "h.dcm"
+    un = struct.pack("<HH2sHL", 0x0040, 0xA730, b"UN", 0, len(good_item)) + good_item
+    p.write_bytes(part10(sop_body() + un))
+    assert read_dicom(p).dataset.ContentSequence[0].PatientName == "DOE^JOHN"
+
+
 def test_non_item_inside_sequence(tmp_path: Path) -> None:
     junk = el(0x0010, 0x0010, b"PN", PHI.encode())
     seq = struct.pack("<HH2sHL", 0x0040, 0xA730, b"SQ", 0, len(junk)) + junk

@@ -81,6 +81,7 @@ class WalkStats:
     dirs_revisited: int = 0  # directory reached twice (symlink to a dir in the tree, loops)
     vanished: int = 0  # listed, then gone before it could be examined
     state_dirs: int = 0
+    excluded: int = 0  # entries matching ``exclude``
 
 
 @dataclass
@@ -98,8 +99,17 @@ def _inside(root_real: bytes, target_real: bytes) -> bool:
     return target_real == root_real or target_real.startswith(root_real.rstrip(sep) + sep)
 
 
-def discover(src: str | os.PathLike[str], *, stats: WalkStats | None = None) -> Iterator[SourceFile]:
+def discover(
+    src: str | os.PathLike[str],
+    *,
+    stats: WalkStats | None = None,
+    exclude: Iterable[str | os.PathLike[str]] = (),
+) -> Iterator[SourceFile]:
     """Yield every input file under ``src`` once, sorted by relative path bytes.
+
+    ``exclude``: directories (or files) never to enter or yield, e.g. the destination or the
+    quarantine directory when an operator puts them inside the source tree. They are matched by
+    (device, inode), so any path or link to them is excluded too; missing ones are ignored.
 
     Raises ConfigError if ``src`` is missing or not a directory (the message never contains the
     path: the operator typed it, and it may name a patient).
@@ -115,6 +125,13 @@ def discover(src: str | os.PathLike[str], *, stats: WalkStats | None = None) -> 
     if not stat.S_ISDIR(st_root.st_mode):
         raise ConfigError("source is not a directory")
     root_real = os.fsencode(os.path.realpath(root))
+    excluded: set[tuple[int, int]] = set()
+    for ex in exclude:
+        try:
+            st_ex = os.stat(ex)
+        except OSError:
+            continue
+        excluded.add((st_ex.st_dev, st_ex.st_ino))
 
     # (dev, ino) -> (via_symlink, relpath bytes, SourceFile without aliases)
     found: dict[tuple[int, int], tuple[bool, bytes, SourceFile]] = {}
@@ -192,6 +209,9 @@ def discover(src: str | os.PathLike[str], *, stats: WalkStats | None = None) -> 
                 stats.vanished += 1
                 continue
             via_link = dir_via_link or is_link
+            if (st.st_dev, st.st_ino) in excluded:
+                stats.excluded += 1
+                continue
             if stat.S_ISDIR(st.st_mode):
                 if os.fsdecode(name_b) in STATE_DIR_NAMES:
                     stats.state_dirs += 1

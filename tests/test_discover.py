@@ -175,6 +175,18 @@ def test_state_dir_skipped(tree: Path) -> None:
     assert stats.state_dirs == 1
 
 
+def test_exclude_output_dirs_inside_source(tree: Path) -> None:
+    dst = tree / "out"
+    (dst / "x").mkdir(parents=True)
+    shutil.copyfile(tf("CT_small.dcm"), dst / "x" / "written.dcm")
+    (tree / "alias").symlink_to("out")  # a link to the excluded directory is excluded too
+    stats = WalkStats()
+    files = list(discover(tree, stats=stats, exclude=[dst, tree / "does-not-exist"]))
+    assert not [f for f in files if "written" in f.relpath]
+    assert stats.excluded == 2
+    assert len(files) == 6
+
+
 def test_fifo_is_accounted_as_unreadable(tree: Path) -> None:
     """Tests run as root, so chmod 000 does not make a file unreadable; a FIFO is an input that
     cannot be read as a file (and must not block the walk or the sniff)."""

@@ -131,10 +131,28 @@ class ReadLimits:
     max_elements: int = 5_000_000  # elements in the whole file (all depths)
     max_element_bytes: int = 256 << 20  # any single non-pixel value
     max_header_bytes: int = 512 << 20  # all non-pixel values together (they are loaded)
-    max_inflated_bytes: int = 1 << 30  # Deflated transfer syntax: decompressed size
+    max_inflated_bytes: int = 256 << 20  # Deflated transfer syntax: decompressed size
 
 
 DEFAULT_LIMITS = ReadLimits()
+
+#: Every ``InputFileError.code`` that :func:`read_dicom` / :func:`read_header` can raise.
+READ_ERROR_CODES = (
+    "unreadable",  # cannot open/read, or not a regular file (FIFO, device, directory)
+    "empty",
+    "not-dicom",
+    "truncated",  # the file ends inside an element, item or sequence
+    "length-overflow",  # a length runs past its enclosing item/sequence, or is absurd
+    "malformed",  # structure pydicom or the walk cannot accept (bad items, order, VR …)
+    "malformed-text",  # binary bytes in a text value (a swallowed neighbour element)
+    "too-deep",  # sequence nesting > max_depth
+    "too-many-items",
+    "too-many-elements",
+    "too-large",  # a value / all header values / inflated size over the limits
+    "encoding-mismatch",  # byte order of the body contradicts the meta
+    "unsupported-transfer-syntax",  # private or unknown transfer syntax
+    "changed",  # the file changed while read (or, at write time, since read)
+)
 
 
 @dataclass(frozen=True)
@@ -308,7 +326,7 @@ def _plausible_first_element(buf: bytes, size: int) -> str | None:
     """Is ``buf`` (file start, no preamble) a plausible dataset? Return 'dicom'/'dicomdir'/None.
 
     Accepts a first element in group 0002 (meta without preamble), 0004 (a DICOMDIR without meta)
-    or 0008 (a bare dataset, like pydicom's no_meta.dcm), in implicit or explicit VR, little or big
+    or 0008 (a bare dataset, like pydicom's ExplVR_LitEndNoMeta.dcm), in implicit or explicit VR, little or big
     endian, with a length that fits in the file.
     """
     if len(buf) < 8:
@@ -700,8 +718,7 @@ def _transfer_syntax_for(layout: _Layout) -> str:
 
 @contextlib.contextmanager
 def _quiet_pydicom() -> Iterator[None]:
-    """Silence pydicom warnings (their texts may quote values) and keep its forgiving defaults
-    from hiding problems we want to see as exceptions."""
+    """Silence pydicom warnings while we call it: their texts may quote element values."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
@@ -731,14 +748,14 @@ def _check_text(value: object) -> None:
             )
 
 
-def _force_read(ds: Dataset, depth: int, limits: ReadLimits) -> None:
+def _force_read(ds: Dataset, depth: int, limits: ReadLimits, *, check_text: bool = True) -> None:
     """Convert every element once (values, nested sequences) so malformed content fails here."""
     if depth > limits.max_depth:
         raise InputFileError("too-deep", "sequences nested too deeply")
     for tag in list(ds.keys()):
         elem = ds[tag]
         value = elem.value
-        if elem.VR in _TEXT_VRS:
+        if check_text and elem.VR in _TEXT_VRS:
             _check_text(value)
         if elem.VR == "SQ":
             if not isinstance(value, Sequence):
@@ -771,9 +788,7 @@ def _map_exception(exc: BaseException) -> InputFileError:
 def read_dicom(path: str | os.PathLike[str], *, limits: ReadLimits = DEFAULT_LIMITS) -> ReadResult:
     """Read a DICOM file safely; pixel data stays in the source file (see :class:`PixelRef`).
 
-    Raises InputFileError with codes: ``unreadable``, ``empty``, ``not-dicom``, ``truncated``,
-    ``malformed``, ``length-overflow``, ``too-deep``, ``too-many-items``, ``too-many-elements``,
-    ``too-large``, ``encoding-mismatch``.
+    Raises InputFileError with one of :data:`READ_ERROR_CODES` and a fixed, value-free message.
     """
     try:
         return _read_dicom(Path(os.fspath(path)), limits)
@@ -824,7 +839,8 @@ def _read_dicom(path: Path, limits: ReadLimits, *, full: bool = True) -> ReadRes
                 if not deflated:
                     pixel_ref = _attach_tail(fh, ds, walker, layout, path, st, ts)
                 _force_read(ds, 0, limits)
-                _force_read(ds.file_meta, 0, limits)
+                # the meta is rebuilt on output, nothing of it is written: convert, don't police
+                _force_read(ds.file_meta, 0, limits, check_text=False)
             now = os.fstat(fh.fileno())
             if (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
                 raise InputFileError("changed", "file changed while it was read")
@@ -867,6 +883,8 @@ def _walk_deflated(fh: BinaryIO, layout: _Layout, limits: ReadLimits) -> _Walker
     size = out.tell()
     walker = _Walker(out, size, True, limits)
     walker.dataset(0, size, False, 0, top=True)
+    walker.fh = io.BytesIO()  # drop the inflated copy now: pydicom inflates its own
+    out.close()
     return walker
 
 

@@ -469,6 +469,36 @@ def test_write_error_is_output_error(tmp_path: Path) -> None:
         write_dicom(res.dataset, blocker / "sub" / "o.dcm", pixel_ref=res.pixel_ref)
 
 
+FSIZE_CHILD = textwrap.dedent(
+    """
+    import resource, signal, sys
+    from pathlib import Path
+    from dicomsafe import dicomio
+    from dicomsafe.errors import OutputError
+    res = dicomio.read_dicom(sys.argv[1])
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+    try:
+        dicomio.write_dicom(res.dataset, sys.argv[2], pixel_ref=res.pixel_ref)
+    except OutputError as exc:
+        print("OutputError", exc)
+    """
+)
+
+
+def test_write_failure_leaves_nothing(tmp_path: Path) -> None:
+    """A write that fails half-way (file size limit, like a full disk) raises OutputError and
+    leaves neither the final file nor a temporary one."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", FSIZE_CHILD, str(tf("CT_small.dcm")), str(out_dir / "o.dcm")],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("OutputError cannot write output file"), proc.stdout
+    assert list(out_dir.iterdir()) == []
+
+
 def test_missing_sop_uid_refused(tmp_path: Path) -> None:
     res = read_dicom(tf("CT_small.dcm"))
     del res.dataset.SOPInstanceUID
@@ -483,7 +513,9 @@ def test_missing_sop_uid_refused(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 VALIDATE = ["CT_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "MR_small_RLE.dcm",
-            "JPEG2000.dcm", "rtdose.dcm", "ExplVR_LitEndNoMeta.dcm", "SC_rgb_jpeg.dcm", "test-SR.dcm"]
+            "JPEG2000.dcm", "rtdose.dcm", "ExplVR_LitEndNoMeta.dcm", "SC_rgb_jpeg.dcm", "test-SR.dcm",
+            "SC_rgb_rle_2frame.dcm", "ExplVR_BigEnd.dcm", "image_dfl.dcm", "waveform_ecg.dcm", "rtplan.dcm",
+            "examples_overlay.dcm", "JPEG-lossy.dcm", "MR_small_jpeg_ls_lossless.dcm", "rtstruct.dcm"]
 
 
 @pytest.mark.skipif(shutil.which("dcmdump") is None, reason="dcmdump (dcmtk) not installed")
@@ -760,6 +792,7 @@ def test_seeded_mutants_never_crash_and_never_leak(tmp_path: Path) -> None:
         assert again.preamble == b"\0" * 128
         out.unlink()
         src.unlink()
+    assert set(codes) - {"ok"} <= set(dicomio.READ_ERROR_CODES) | {"no-sop-uid"}
     assert codes.get("ok", 0) > 20  # many mutants stay readable ...
     assert sum(v for k, v in codes.items() if k != "ok") > 50  # ... and many are caught
 

@@ -99,6 +99,27 @@ def _inside(root_real: bytes, target_real: bytes) -> bool:
     return target_real == root_real or target_real.startswith(root_real.rstrip(sep) + sep)
 
 
+def _in_skipped_dir(root_real: bytes, target_real: bytes, excluded: set[tuple[int, int]]) -> bool:
+    """Does the resolved target lie in a state directory or an excluded directory of the tree?"""
+    rel = target_real[len(root_real):].strip(os.sep.encode())
+    if not rel:
+        return False
+    parts = rel.split(os.sep.encode())
+    cur = root_real
+    for part in parts:
+        if os.fsdecode(part) in STATE_DIR_NAMES:
+            return True
+        cur = os.path.join(cur, part)
+        if excluded:
+            try:
+                st = os.stat(cur)
+            except OSError:
+                return True
+            if (st.st_dev, st.st_ino) in excluded:
+                return True
+    return False
+
+
 def discover(
     src: str | os.PathLike[str],
     *,
@@ -194,6 +215,9 @@ def discover(
                     target_real = os.path.realpath(path_b)
                     if not _inside(root_real, target_real):
                         stats.symlinks_outside += 1
+                        continue
+                    if _in_skipped_dir(root_real, target_real, excluded):
+                        stats.excluded += 1  # a link into .dicomsafe or an excluded directory
                         continue
                     try:
                         st = os.stat(path_b)  # follows the link

@@ -171,8 +171,11 @@ def test_state_dir_skipped(tree: Path) -> None:
     state.mkdir()
     (state / "ledger.sqlite").write_bytes(b"x")
     stats = WalkStats()
-    assert ".dicomsafe/ledger.sqlite" not in rels(list(discover(tree, stats=stats)))
-    assert stats.state_dirs == 1
+    (tree / "sneaky.dcm").symlink_to(".dicomsafe/ledger.sqlite")
+    (tree / "sneaky_dir").symlink_to(".dicomsafe")
+    found = rels(list(discover(tree, stats=stats)))
+    assert not [r for r in found if "ledger" in r or "sneaky" in r]
+    assert stats.state_dirs == 1 and stats.excluded == 2
 
 
 def test_exclude_output_dirs_inside_source(tree: Path) -> None:
@@ -180,10 +183,11 @@ def test_exclude_output_dirs_inside_source(tree: Path) -> None:
     (dst / "x").mkdir(parents=True)
     shutil.copyfile(tf("CT_small.dcm"), dst / "x" / "written.dcm")
     (tree / "alias").symlink_to("out")  # a link to the excluded directory is excluded too
+    (tree / "alias2.dcm").symlink_to("out/x/written.dcm")  # and a link to a file inside it
     stats = WalkStats()
     files = list(discover(tree, stats=stats, exclude=[dst, tree / "does-not-exist"]))
-    assert not [f for f in files if "written" in f.relpath]
-    assert stats.excluded == 2
+    assert not [f for f in files if "written" in f.relpath or "alias" in f.relpath]
+    assert stats.excluded == 3
     assert len(files) == 6
 
 

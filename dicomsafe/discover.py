@@ -226,10 +226,7 @@ def discover(
                         continue
                 else:
                     st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                stats.vanished += 1
-                continue
-            except OSError:
+            except OSError:  # gone (or unstat-able) between listing and looking
                 stats.vanished += 1
                 continue
             via_link = dir_via_link or is_link

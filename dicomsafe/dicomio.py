@@ -1120,24 +1120,32 @@ def _pixel_header(ref: PixelRef, ds: Dataset, implicit: bool, little: bool) -> b
 
 
 def _stream_pixel_data(fh: IO[bytes], ref: PixelRef, ds: Dataset, implicit: bool, little: bool) -> None:
-    """Copy the source's Pixel Data value in 1 MiB chunks, byte-swapping 16-bit words only when
-    the byte order changes (big endian source written little endian or the reverse)."""
+    """Copy the source's Pixel Data value in 1 MiB chunks. Only when the byte order changes (a
+    big endian source written little endian, or the reverse) are native OW values byte-swapped:
+    per 16-bit word for 8-bit samples, per sample of BitsAllocated bits otherwise (which is how
+    pydicom reads them; the little endian twins of pydicom's big endian test files agree)."""
     header = _pixel_header(ref, ds, implicit, little)
     fh.write(header)
-    swap = (
-        ref.is_little_endian != little
-        and not ref.encapsulated
-        and _native_pixel_vr(ds) == "OW"
-    )
-    if swap and ref.value_length % 2:
-        raise InputFileError("malformed", "odd-length 16-bit pixel data")
-    for chunk in iter_pixel_chunks(ref):
-        fh.write(_swap16(chunk) if swap else chunk)
+    width = 0
+    if ref.is_little_endian != little and not ref.encapsulated:
+        bits = int(ds.get("BitsAllocated", 16) or 16)
+        vr = ref.vr or _native_pixel_vr(ds)
+        if vr == "OW" and bits in (1, 8):
+            width = 2  # OW is a stream of 16-bit words: 8-bit samples are swapped in pairs
+        elif vr == "OW" and bits in (16, 32, 64):
+            width = bits // 8
+    if width and ref.value_length % width:
+        raise InputFileError("malformed", "pixel data length is not a whole number of samples")
+    chunk_size = COPY_CHUNK - COPY_CHUNK % 8  # a multiple of every sample width
+    for chunk in iter_pixel_chunks(ref, chunk=chunk_size):
+        fh.write(_swap(chunk, width) if width else chunk)
 
 
-def _swap16(data: bytes) -> bytes:
+def _swap(data: bytes, width: int) -> bytes:
+    """Reverse the byte order of each ``width``-byte sample."""
     arr = bytearray(data)
-    arr[0::2], arr[1::2] = data[1::2], data[0::2]
+    for i in range(width):
+        arr[i::width] = data[width - 1 - i :: width]
     return bytes(arr)
 
 

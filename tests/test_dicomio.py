@@ -423,10 +423,16 @@ def test_big_endian_kept_and_pixels_equal(tmp_path: Path) -> None:
     assert np.array_equal(back.pixel_array, pydicom.dcmread(src).pixel_array)
 
 
-def test_big_endian_to_little_endian_swaps_pixel_words(tmp_path: Path) -> None:
-    """If a later stage switches the transfer syntax to Explicit VR Little Endian, 16-bit pixel
-    words are byte-swapped while streaming (pydicom would not swap OW values itself)."""
-    src = tf("MR_small_bigendian.dcm")
+@pytest.mark.parametrize(
+    "name,twin",
+    [("MR_small_bigendian.dcm", "MR_small.dcm"), ("rtdose_expb.dcm", "rtdose.dcm"),
+     ("SC_rgb_small_odd_big_endian.dcm", "SC_rgb_small_odd.dcm")],
+)
+def test_big_endian_to_little_endian_swaps_samples(tmp_path: Path, name: str, twin: str) -> None:
+    """If a later stage switches the transfer syntax to Explicit VR Little Endian, native samples
+    are byte-swapped while streaming (16-bit MR, 32-bit dose, 8-bit RGB left alone); pydicom
+    would not swap OW values itself. The little endian twin file is the reference."""
+    src = tf(name)
     res = read_dicom(src)
     res.dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     out = tmp_path / "o.dcm"
@@ -434,6 +440,7 @@ def test_big_endian_to_little_endian_swaps_pixel_words(tmp_path: Path) -> None:
     back = pydicom.dcmread(out)
     assert back.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert np.array_equal(back.pixel_array, pydicom.dcmread(src).pixel_array)
+    assert np.array_equal(back.pixel_array, pydicom.dcmread(tf(twin)).pixel_array)
 
 
 def test_meta_from_source_is_not_copied(tmp_path: Path) -> None:

@@ -66,8 +66,16 @@ class SourceFile:
 
     @property
     def relpath_bytes(self) -> bytes:
-        """The relative path as raw bytes (the sort key; exact even for non-UTF-8 names)."""
+        """The relative path as raw bytes: exact even for non-UTF-8 names. Use this (not
+        ``relpath.encode()``, which raises on such names) to derive keys and ids."""
         return os.fsencode(self.relpath)
+
+    @property
+    def relpath_text(self) -> str:
+        """The relative path as printable, always UTF-8-encodable text (non-UTF-8 bytes become
+        ``\\xNN``), for operator-side listings such as the quarantine index. Not unique in
+        theory (a literal backslash sequence), so never use it as a key."""
+        return self.relpath_bytes.decode("utf-8", "backslashreplace")
 
 
 @dataclass

@@ -162,8 +162,12 @@ def test_odd_names(tree: Path) -> None:
         assert b"b/" + name in got
     for f in files:
         assert f.path.exists()  # the path round-trips to the real file
-        if f.relpath_bytes.startswith(b"b/non-utf8"):
-            assert classify(f) == "dicom"
+        f.relpath_text.encode("utf-8")  # always encodable, e.g. for a JSON index
+    odd = next(f for f in files if f.relpath_bytes.startswith(b"b/non-utf8"))
+    with pytest.raises(UnicodeEncodeError):
+        odd.relpath.encode("utf-8")  # why relpath_bytes / relpath_text exist
+    assert odd.relpath_text == "b/non-utf8-\\xff\\xfe.dcm"
+    assert classify(odd) == "dicom"
 
 
 def test_state_dir_skipped(tree: Path) -> None:

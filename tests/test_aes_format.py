@@ -429,3 +429,17 @@ def test_keys_made_by_the_openssl_cli_work(tmp_path):
         key.chmod(0o600)
         blob = enc(b"from openssl keys", fips.parse_recipient_arg(str(pub)))
         assert dec(blob, fips.load_identity_file(key), fips=True) == b"from openssl keys"
+
+
+def test_every_single_bit_flip_is_detected(p256_key):
+    """Exhaustive: flipping any one bit anywhere in a file (header, MAC, nonce, chunks) fails
+    with a CryptoError — it never yields plaintext."""
+    from dicomsafe.errors import CryptoError
+
+    blob = enc(b"sixteen byte msg", [fips.P256Recipient(p256_key.public_key())])
+    ident = [fips.P256Identity(p256_key)]
+    for pos in range(len(blob)):
+        for bit in (0x01, 0x80):
+            bad = blob[:pos] + bytes([blob[pos] ^ bit]) + blob[pos + 1 :]
+            with pytest.raises(CryptoError):
+                dec(bad, ident)

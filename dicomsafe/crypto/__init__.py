@@ -171,10 +171,25 @@ def _armor_labels() -> list[str]:
     return labels
 
 
+def _seekable(reader: IO[bytes]) -> bool:
+    try:
+        return bool(reader.seekable())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
 def _input(reader: IO[bytes]) -> IO[bytes]:
     """Buffer ``reader`` and transparently remove ASCII armor if present."""
-    prefix = stream.read_full(reader, _DETECT_BYTES)
-    buffered = io.BufferedReader(_Prefixed(prefix, reader), 1 << 17)
+    buffered: IO[bytes]
+    if _seekable(reader):
+        # Files: peek by seeking back, so payload reads go straight to the file object.
+        start = reader.tell()
+        prefix = stream.read_full(reader, _DETECT_BYTES)
+        reader.seek(start)
+        buffered = reader if hasattr(reader, "readline") else io.BufferedReader(reader)  # type: ignore[arg-type]
+    else:
+        prefix = stream.read_full(reader, _DETECT_BYTES)
+        buffered = io.BufferedReader(_Prefixed(prefix, reader), 1 << 17)
     if _armor.looks_armored(prefix):
         return io.BufferedReader(_armor.ArmorReader(buffered, _armor_labels()), 1 << 17)
     return buffered

@@ -225,3 +225,28 @@ def test_rekey(tmp_path, key):
         dec = ds("decrypt", "-i", new_path, "-o", tmp_path / f"o{n}", ct)
         assert dec.returncode == 0 and (tmp_path / f"o{n}").read_bytes() == src.read_bytes()
     assert_clean_failure(ds("rekey", "-i", old_path, "-r", new_recipient, files[0][1]))
+
+
+def test_rekey_fips_refuses_armored_age_file(tmp_path, key):
+    """FIPS mode refuses an armored (hence age) file by policy (exit 2), even when the
+    identities and recipients given are themselves approved RSA keys."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    _, recipient = key
+    priv = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = tmp_path / "rsa.pem"
+    pem.write_bytes(priv.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    pem.chmod(0o600)
+    pub = tmp_path / "rsa.pub"
+    pub.write_bytes(priv.public_key().public_bytes(serialization.Encoding.PEM,
+                                                   serialization.PublicFormat.SubjectPublicKeyInfo))
+    src, ct = tmp_path / "in.bin", tmp_path / "c.age"
+    src.write_bytes(b"x")
+    ds("encrypt", "-a", "-r", recipient, "-o", ct, src)
+    before = ct.read_bytes()
+    proc = ds("rekey", "--fips", "-i", pem, "-r", pub, ct)
+    assert_clean_failure(proc, 2)
+    assert b"FIPS" in proc.stderr
+    assert ct.read_bytes() == before

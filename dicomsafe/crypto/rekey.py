@@ -64,6 +64,10 @@ def rekey_file(
     with open(target, "rb") as fh:
         prefix = stream.read_full(fh, 1024)
         if _armor.looks_armored(prefix):
+            if fips:
+                from .fips import FipsPolicyError
+
+                raise FipsPolicyError("FIPS mode: refusing an ASCII-armored file (only the aes format is allowed)")
             return _rekey_armored(target, identities, recipients)
         fh.seek(0)
         reader = io.BufferedReader(fh, 1 << 16)  # type: ignore[arg-type]

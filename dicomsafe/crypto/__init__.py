@@ -19,7 +19,15 @@ import os
 from pathlib import Path
 from typing import IO, Iterable, Sequence
 
-from ..errors import ConfigError, CryptoError, FormatError, OutputError, SecretFileError
+from ..errors import (
+    ConfigError,
+    CryptoError,
+    FormatError,
+    IntegrityError,
+    NoIdentityMatchedError,
+    OutputError,
+    SecretFileError,
+)
 from ..fsutil import atomic_writer, read_secret_file
 from . import armor as _armor
 from . import envelope, stream
@@ -38,6 +46,10 @@ __all__ = [
     "load_recipients_file",
     "load_identities",
     "detect_format",
+    "CryptoError",
+    "FormatError",
+    "IntegrityError",
+    "NoIdentityMatchedError",
 ]
 
 _DETECT_BYTES = 1024

@@ -312,3 +312,25 @@ def test_envelope_is_deterministic_given_key_and_nonce(x_ident):
         envelope.encrypt(header.AGE_V1, io.BytesIO(b"z" * 1000), out, [x_ident.recipient()], file_key=fk, nonce=nonce)
         outs.append(out.getvalue())
     assert outs[0][_payload_start(outs[0]) :] == outs[1][_payload_start(outs[1]) :]
+
+
+def test_output_over_input_is_refused(tmp_path, x_ident):
+    src = tmp_path / "plain.bin"
+    src.write_bytes(b"keep me")
+    with pytest.raises(ConfigError):
+        crypto.encrypt_file(src, src, [x_ident.recipient()])
+    assert src.read_bytes() == b"keep me"
+    ct = tmp_path / "c.age"
+    crypto.encrypt_file(src, ct, [x_ident.recipient()])
+    before = ct.read_bytes()
+    with pytest.raises(ConfigError):
+        crypto.decrypt_file(ct, ct, [x_ident])
+    assert ct.read_bytes() == before
+
+
+def test_oversized_header_is_refused_without_reading_it_all(x_ident):
+    """A hostile header of endless stanza body lines stops at the header size bound."""
+    line = b"A" * 64 + b"\n"
+    blob = b"age-encryption.org/v1\n-> junk\n" + line * ((header.MAX_HEADER // len(line)) + 2048)
+    with pytest.raises(header.HeaderError, match="too large"):
+        dec(blob, [x_ident])

@@ -250,3 +250,14 @@ def test_rekey_fips_refuses_armored_age_file(tmp_path, key):
     assert_clean_failure(proc, 2)
     assert b"FIPS" in proc.stderr
     assert ct.read_bytes() == before
+
+
+def test_decrypt_without_identity_of_key_file_is_a_usage_error(tmp_path, key):
+    _, recipient = key
+    src, ct = tmp_path / "in.bin", tmp_path / "c.age"
+    src.write_bytes(b"x")
+    ds("encrypt", "-r", recipient, "-o", ct, src)
+    proc = ds("decrypt", "-o", tmp_path / "o", ct)
+    assert_clean_failure(proc, 2)
+    assert b"-i" in proc.stderr
+    assert not (tmp_path / "o").exists()

@@ -270,6 +270,16 @@ def detect_format(reader: IO[bytes]) -> str:
 # --- files ----------------------------------------------------------------------------------
 
 
+def _refuse_same_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Writing the output over the input would destroy the input (inputs are never modified)."""
+    try:
+        same = os.path.samefile(src, dst)
+    except OSError:
+        return
+    if same:
+        raise ConfigError("the output file is the input file")
+
+
 def _open_input(path: str | os.PathLike[str]) -> IO[bytes]:
     try:
         return open(path, "rb")
@@ -289,6 +299,7 @@ def encrypt_file(
     fips: bool = False,
 ) -> int:
     """Encrypt file ``src`` to ``dst`` atomically (``dst`` appears only when complete)."""
+    _refuse_same_file(src, dst)
     with _open_input(src) as fin:
         try:
             with atomic_writer(dst, 0o644) as fout:
@@ -307,6 +318,7 @@ def decrypt_file(
     """Decrypt ``src`` to ``dst``: plaintext goes to a temporary file (mode 0600: it may hold PHI)
     that is renamed to ``dst`` only after the final chunk authenticated. On any failure nothing
     is left at ``dst``."""
+    _refuse_same_file(src, dst)
     with _open_input(src) as fin:
         try:
             with atomic_writer(dst, 0o600) as fout:

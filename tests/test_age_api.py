@@ -334,3 +334,18 @@ def test_oversized_header_is_refused_without_reading_it_all(x_ident):
     blob = b"age-encryption.org/v1\n-> junk\n" + line * ((header.MAX_HEADER // len(line)) + 2048)
     with pytest.raises(header.HeaderError, match="too large"):
         dec(blob, [x_ident])
+
+
+
+def test_rekey_refuses_after_an_interrupted_rekey(tmp_path):
+    from dicomsafe.crypto.rekey import backup_path
+    from dicomsafe.errors import OutputError
+
+    old, new = age.X25519Identity.generate(), age.X25519Identity.generate()
+    ct = tmp_path / "c.age"
+    ct.write_bytes(enc(b"data", [old.recipient()]))
+    before = ct.read_bytes()
+    backup_path(ct).write_bytes(before[:200])  # what an interrupted rekey leaves behind
+    with pytest.raises(OutputError):
+        crypto.rekey_file(ct, [old], [new.recipient()])
+    assert ct.read_bytes() == before

@@ -36,10 +36,16 @@ _PROMPT = re.compile(rb"passphrase[^:\n]*:", re.IGNORECASE)
 def run_age_with_tty(args: list[str], passphrase: str, timeout: float = 300) -> tuple[int, bytes]:
     """Run age with a pseudo-terminal as its controlling terminal, answering each passphrase
     prompt. Returns (exit status, terminal output)."""
+    return run_with_tty([AGE, *args], passphrase, timeout)
+
+
+def run_with_tty(argv: list[str], passphrase: str, timeout: float = 300, env=None) -> tuple[int, bytes]:
+    """Run ``argv`` with a pseudo-terminal as its controlling terminal, answering each
+    passphrase prompt. Returns (exit status, terminal output)."""
     pid, fd = pty.fork()
     if pid == 0:  # child
         try:
-            os.execv(AGE, [AGE, *args])
+            os.execve(argv[0], argv, env or os.environ)
         finally:
             os._exit(127)
     seen = b""
@@ -198,3 +204,30 @@ def test_age_rejects_our_tampered_file(tmp_path, keypair):
     ct.write_bytes(bytes(data))
     proc = subprocess.run([AGE, "-d", "-i", str(key_file), "-o", str(out), str(ct)], capture_output=True)
     assert proc.returncode != 0
+
+
+def test_cli_terminal_passphrase_both_ways(tmp_path):
+    """The dicomsafe CLI's own terminal prompts (with confirmation) against age's."""
+    env = {k: v for k, v in os.environ.items() if k != "DICOMSAFE_PASSPHRASE"}
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    ds = [sys.executable, "-m", "dicomsafe"]
+    src, ct, out = tmp_path / "in.bin", tmp_path / "c.age", tmp_path / "out.bin"
+    digest = make_input(src, CHUNK + 1)
+    code, tty = run_with_tty(ds + ["encrypt", "-p", "-o", str(ct), str(src)], PASSPHRASE, env=env)
+    assert code == 0, tty
+    assert tty.count(b"assphrase:") == 2  # asked, then confirmed
+    assert PASSPHRASE.encode() not in tty  # not echoed
+    code, tty = run_age_with_tty(["-d", "-o", str(out), str(ct)], PASSPHRASE)
+    assert code == 0, tty
+    assert sha256_file(out) == digest
+    out.unlink()
+    code, tty = run_age_with_tty(["-p", "-o", str(ct), str(src)], PASSPHRASE)
+    assert code == 0, tty
+    code, tty = run_with_tty(ds + ["decrypt", "-o", str(out), str(ct)], PASSPHRASE, env=env)
+    assert code == 0, tty
+    assert tty.count(b"assphrase:") == 1
+    assert sha256_file(out) == digest
+    out.unlink()
+    code, tty = run_with_tty(ds + ["decrypt", "-o", str(out), str(ct)], "wrong", env=env)
+    assert code == 3, tty
+    assert not out.exists()

@@ -39,7 +39,8 @@ STOP_TOKENS = frozenset(
         "left", "right", "axial", "sagittal", "coronal", "contrast", "study", "series", "image",
         "scan", "report", "exam", "view", "lung", "liver", "abdomen", "pelvis", "mri", "ct", "mr",
         "us", "cr", "dx", "pt", "nm", "xa", "rf", "mg", "ot", "sr", "sc", "jr", "sr", "md", "dr",
-        "mr", "mrs", "ms", "phd", "iii", "ii",
+        "mr", "mrs", "ms", "phd", "iii", "ii", "name", "first", "last", "text", "enter", "family",
+        "given", "middle",
     }
 )
 

@@ -109,6 +109,12 @@ _CLASS_UID_SUFFIXES = ("ClassUID", "TransferSyntaxUID", "SchemeUID", "ContextUID
 _WELL_KNOWN_UID_ROOT = "1.2.840.10008."
 _VENDOR_KW = ("Manufacturer", "ManufacturerModelName", "SoftwareVersions")
 
+#: Coded vocabulary: values come from code tables, not from people.
+_CODED_KW = frozenset({
+    "CodeValue", "CodeMeaning", "CodingSchemeDesignator", "CodingSchemeVersion", "LongCodeValue",
+    "URNCodeValue", "ContextIdentifier", "MappingResource", "ValueType", "RelationshipType",
+    "ContinuityOfContent", "ConceptNameCodeSequence", "ImageType", "Modality", "BodyPartExamined",
+})
 _TEXT_FREE_VRS = frozenset({"LO", "LT", "ST", "UT", "SH", "UC", "PN"})
 _LONG_TEXT_VRS = frozenset({"LT", "ST", "UT", "UC"})
 _DATE_VRS = frozenset({"DA", "DT"})
@@ -216,22 +222,29 @@ class PhiValues:
             self._cache["by_kind"] = got
         return got
 
-    def _select(self, kinds: frozenset[str], min_len: int) -> dict[str, str]:
+    def _select(self, kinds: frozenset[str], min_len: int, single_tokens: bool = True) -> dict[str, str]:
         out: dict[str, str] = {}
         for kind, vals in self.values_by_kind().items():
             if kind in kinds:
                 for v in vals:
+                    if not single_tokens and kind in _NAME_KINDS and _is_single_token(v):
+                        continue
                     if _searchable(v, kind, min_len):
                         out.setdefault(v, kind)
         return out
 
-    def str_matcher(self, kinds: Iterable[str], min_len: int = 2) -> tuple[re.Pattern[str] | None, dict[str, str]]:
-        """(regex, lower-cased value → finding kind) for decoded text; compiled once and cached."""
+    def str_matcher(self, kinds: Iterable[str], min_len: int = 2,
+                    single_tokens: bool = True) -> tuple[re.Pattern[str] | None, dict[str, str]]:
+        """(regex, lower-cased value → finding kind) for decoded text; compiled once and cached.
+
+        ``single_tokens=False`` leaves out one-word name tokens (full-name forms stay): used on
+        coded vocabulary, where a surname such as "Long" or "Mass" is an ordinary code meaning.
+        """
         kinds = frozenset(kinds)
-        key = ("str", kinds, min_len)
+        key = ("str", kinds, min_len, single_tokens)
         got = self._cache.get(key)
         if got is None:
-            lookup = self._select(kinds, min_len)
+            lookup = self._select(kinds, min_len, single_tokens)
             got = (_t.compile_str_literals(lookup), lookup)
             self._cache[key] = got
         return got
@@ -282,6 +295,14 @@ class PhiValues:
             got = (_t.compile_bytes_literals(bounded, free), lookup, longest)
             self._cache[key] = got
         return got
+
+
+_NAME_KINDS = frozenset({"patient-name", "person-name"})
+_SEP_RE = re.compile(r"[\s^,.=]")
+
+
+def _is_single_token(v: str) -> bool:
+    return not _SEP_RE.search(v) and not _t.is_unbounded(v)
 
 
 def _searchable(v: str, kind: str, min_len: int) -> bool:
@@ -607,18 +628,22 @@ def _is_name_like(value: str) -> bool:
 
 
 def _search_text(text: str, vr: str, path: str, phi: PhiValues | None, kinds: frozenset[str],
-                 name_heuristic: bool) -> Iterator[Finding]:
+                 name_heuristic: bool, keyword: str = "") -> Iterator[Finding]:
+    """Findings in one element's decoded text. How hard to look depends on the VR: two-letter
+    name tokens only in long free text (LT/ST/UT/UC), ≥ 3 elsewhere, and no one-word name tokens
+    in coded vocabulary (CS, code meanings), where they would be ordinary words."""
     if not text:
         return
     if phi is not None:
+        single = True
         if vr in _DATE_VRS:
-            sel = kinds & {"birth-date", "date"}
-            min_len = 2
-        elif vr in _TEXT_FREE_VRS:
+            sel, min_len = kinds & {"birth-date", "date"}, 2
+        elif vr in _LONG_TEXT_VRS:
             sel, min_len = kinds, 2
         else:
             sel, min_len = kinds, 3
-        rx, lookup = phi.str_matcher(sel, min_len)
+            single = vr != "CS" and keyword not in _CODED_KW
+        rx, lookup = phi.str_matcher(sel, min_len, single)
         if rx is not None:
             for m in rx.finditer(text):
                 kind = lookup.get(m.group(0).lower())
@@ -632,11 +657,12 @@ def _search_text(text: str, vr: str, path: str, phi: PhiValues | None, kinds: fr
             yield Finding(path, "ssn")
     if "email" in kinds and "@" in text and _t.email_spans(text):
         yield Finding(path, "email")
-    if vr in _TEXT_FREE_VRS and vr != "PN":
-        if "phone" in kinds and _t.phone_spans(text):
-            yield Finding(path, "phone")
-        if "date" in kinds and _t.date_spans(text):
-            yield Finding(path, "date")
+    if vr in _TEXT_FREE_VRS and vr != "PN" and "phone" in kinds and _t.phone_spans(text):
+        yield Finding(path, "phone")
+    # Dates written in text only in long free text: short strings such as SoftwareVersions carry
+    # build dates, and the patient's own dates are harvested and searched everywhere anyway.
+    if vr in _LONG_TEXT_VRS and "date" in kinds and _t.date_spans(text):
+        yield Finding(path, "date")
     if name_heuristic and vr == "PN" and "person-name" in kinds and _is_name_like(text):
         yield Finding(path, "person-name")
 
@@ -694,7 +720,8 @@ def find_in_dataset(ds: Dataset, phi: PhiValues | None, *, ignore_kinds: Iterabl
             if tag == 0x00100030 and text.strip() and "birth-date" in kinds:
                 out.append(Finding(path, "birth-date"))  # PS3.15: Z in every profile, no option keeps it
             search_vr = vr if converted else "UN"
-            out.extend(_search_text(text, search_vr, path, phi, kinds, heuristic))
+            kw = (getattr(elem, "keyword", "") or "") if converted else ""
+            out.extend(_search_text(text, search_vr, path, phi, kinds, heuristic, kw))
 
     meta = getattr(ds, "file_meta", None)
     if meta is not None:

@@ -178,7 +178,7 @@ SSN_SEP_RE = re.compile(
 )
 SSN_LABEL_RE = re.compile(r"\b(?:SSN|SS#|social\s+security)", re.IGNORECASE)
 
-EMAIL_RE = re.compile(r"(?<![\w.+-])[\w.+%-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![\w-])")
+EMAIL_RE = re.compile(r"(?<![\w.+%-])[\w.+%-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![\w-])")
 
 PHONE_RE = re.compile(
     r"(?<![\w+/.-])(?:"

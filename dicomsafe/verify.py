@@ -163,6 +163,10 @@ class PhiValues:
     encodings: tuple[str, ...] = ()
     _cache: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
+    def __reduce__(self):
+        # Pickle (process pools, Dask) without the compiled-matcher cache: it is rebuilt on use.
+        return (_rebuild_phi, (tuple(getattr(self, f) for f in _VALUE_FIELDS), self.encodings))
+
     def __repr__(self) -> str:
         counts = ", ".join(
             f"{f}={len(getattr(self, f))}" for f in _VALUE_FIELDS if getattr(self, f)
@@ -244,8 +248,11 @@ class PhiValues:
         key = ("str", kinds, min_len, single_tokens)
         got = self._cache.get(key)
         if got is None:
-            lookup = self._select(kinds, min_len, single_tokens)
-            got = (_t.compile_str_literals(lookup), lookup)
+            selected = self._select(kinds, min_len, single_tokens)
+            # keyed by casefold: the regex matches case-insensitively ("ΣΟΦΙΑΣ" vs "σοφιας"),
+            # and str.lower() does not map every such match back (final sigma, dotted I)
+            lookup = {v.casefold(): k for v, k in selected.items()}
+            got = (_t.compile_str_literals(selected), lookup)
             self._cache[key] = got
         return got
 
@@ -295,6 +302,10 @@ class PhiValues:
             got = (_t.compile_bytes_literals(bounded, free), lookup, longest)
             self._cache[key] = got
         return got
+
+
+def _rebuild_phi(values: tuple, encodings: tuple[str, ...]) -> PhiValues:
+    return PhiValues(**dict(zip(_VALUE_FIELDS, values)), encodings=encodings)
 
 
 _NAME_KINDS = frozenset({"patient-name", "person-name"})
@@ -646,9 +657,8 @@ def _search_text(text: str, vr: str, path: str, phi: PhiValues | None, kinds: fr
         rx, lookup = phi.str_matcher(sel, min_len, single)
         if rx is not None:
             for m in rx.finditer(text):
-                kind = lookup.get(m.group(0).lower())
-                if kind:
-                    yield Finding(path, kind)
+                # a match whose kind cannot be told is still a finding: fail closed
+                yield Finding(path, lookup.get(m.group(0).casefold(), "other"))
     if vr in _DATE_VRS or vr == "UI":
         return
     if "ssn" in kinds:

@@ -391,3 +391,84 @@ def test_corpus_clean_copies_verify_clean_and_planted_copies_do_not(path, tmp_pa
     block.add_new(0x01, "LO", "pt Smith")
     _write(out, p)
     assert Finding("(0011,1001) private", "patient-name") in verify_file(p, phi)
+
+
+def test_case_insensitive_match_in_other_scripts():
+    src = pydicom.dcmread(get_charset_files("chrGreek.dcm")[0])  # Διονυσιος
+    phi = harvest(src)
+    ds = Dataset()
+    ds.StudyDescription = "ΑΞΟΝΙΚΗ ΔΙΟΝΥΣΙΟΣ"  # upper case, final sigma folds differently
+    assert find_in_dataset(ds, phi) == [Finding("(0008,1030) StudyDescription", "patient-name")]
+
+
+def test_phi_values_pickle_without_cache(mr):
+    import pickle
+
+    _, phi = mr
+    phi.str_matcher({"patient-name"})  # fill the cache
+    back = pickle.loads(pickle.dumps(phi))
+    assert back == phi and back._cache == {}
+    assert find_in_dataset(identify(Dataset()), back)
+
+
+# ---------------------------------------------------------------- property: planted values are caught
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_BASE = clean_copy(identify(pydicom.dcmread(get_testdata_file("MR_small.dcm"))))
+_WHERE = {
+    "lo": "(0008,1030) StudyDescription",
+    "lt": "(0020,4000) ImageComments",
+    "private": "(0029,1001) private",
+    "nested": "(0040,0275)[0].(0032,1060) RequestedProcedureDescription",
+    "preamble": "preamble",
+    "trailing": "trailing-bytes",
+}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    family=st.from_regex(r"[A-Z][a-z]{3,10}", fullmatch=True),
+    pid=st.from_regex(r"[A-Z]{1,3}[0-9]{5,8}", fullmatch=True),
+    ssn=st.tuples(st.integers(1, 665), st.integers(1, 99), st.integers(1, 9999)),
+    what=st.sampled_from(["family", "pid", "ssn"]),
+    where=st.sampled_from(sorted(_WHERE)),
+    case=st.sampled_from([str.upper, str.lower, str.title]),
+)
+def test_planted_values_are_always_caught(family, pid, ssn, what, where, case):
+    import tempfile
+    from pathlib import Path
+
+    from dicomsafe.text import STOP_TOKENS
+
+    if family.lower() in STOP_TOKENS:
+        return
+    source = Dataset()
+    source.PatientName = f"{family}^Given"
+    source.PatientID = pid
+    phi = harvest(source)
+    value = {"family": case(family), "pid": pid, "ssn": "%03d-%02d-%04d" % ssn}[what]
+    kind = {"family": "patient-name", "pid": "patient-id", "ssn": "ssn"}[what]
+    text = f"note: {value} seen"
+    out = copy.deepcopy(_BASE)
+    if where == "lo":
+        out.StudyDescription = text
+    elif where == "lt":
+        out.ImageComments = text
+    elif where == "private":
+        out.private_block(0x0029, "PLANT", create=True).add_new(0x01, "LO", text)
+    elif where == "nested":
+        item = Dataset()
+        item.RequestedProcedureDescription = text
+        out.RequestAttributesSequence = Sequence([item])
+    elif where == "preamble":
+        out.preamble = text.encode().ljust(128, b"\0")
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "o.dcm"
+        _write(out, p)
+        if where == "trailing":
+            with open(p, "ab") as fh:
+                fh.write(b"\0\0" + text.encode())
+        found = verify_file(p, phi)
+    assert Finding(_WHERE[where], kind) in found

@@ -101,8 +101,7 @@ def path_findings(rel: str, phi: PhiValues | None, ignore: frozenset[str]) -> li
     if phi is not None:
         rx, lookup = phi.str_matcher(frozenset(kinds - {"date"}), 3)
         if rx is not None:
-            out.extend(Finding("file-path", lookup[m.group(0).lower()]) for m in rx.finditer(rel)
-                       if m.group(0).lower() in lookup)
+            out.extend(Finding("file-path", lookup.get(m.group(0).casefold(), "other")) for m in rx.finditer(rel))
     if "ssn" in kinds and ssn_spans(rel, bare=False):
         out.append(Finding("file-path", "ssn"))
     if "email" in kinds and email_spans(rel):

@@ -14,6 +14,7 @@ pydicom's job when the dataset is saved.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 
@@ -97,7 +98,8 @@ class _BytesEsc:
         return re.escape(bytes([b]))
 
 
-def compile_str_literals(values: Iterable[str]) -> re.Pattern[str] | None:
+@functools.lru_cache(maxsize=256)
+def compile_str_literals(values: frozenset[str]) -> re.Pattern[str] | None:
     """One case-insensitive regex finding any of ``values`` (already lower-cased) in text.
 
     Values in space-separated scripts get word boundaries; CJK/kana/hangul values do not.
@@ -117,7 +119,8 @@ def compile_str_literals(values: Iterable[str]) -> re.Pattern[str] | None:
     return re.compile("|".join(alts), re.IGNORECASE)
 
 
-def compile_bytes_literals(bounded: Iterable[bytes], free: Iterable[bytes]) -> re.Pattern[bytes] | None:
+@functools.lru_cache(maxsize=256)
+def compile_bytes_literals(bounded: frozenset[bytes], free: frozenset[bytes]) -> re.Pattern[bytes] | None:
     """One regex over ASCII-lower-cased bytes. Group ``b`` holds patterns that need non-alnum
     neighbours, group ``f`` the rest. The *left* boundary of ``b`` is not in the regex: a leading
     lookbehind disables the regex engine's first-byte scan and costs a factor of ~6, so callers
@@ -292,8 +295,7 @@ def hit_spans(text: str, phi=None, kinds: Iterable[str] = DEFAULT_SCRUB_KINDS) -
         raise ValueError(f"unknown scrub kind(s): {', '.join(sorted(unknown))}")
     spans: list[tuple[int, int]] = []
     if phi is not None:
-        rx = phi.text_matcher(kinds)[0]
-        if rx is not None:
+        for rx in phi.text_matcher(kinds)[0]:
             spans.extend(m.span() for m in rx.finditer(text))
     if "ssn" in kinds:
         spans.extend(ssn_spans(text))

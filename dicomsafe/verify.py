@@ -20,6 +20,7 @@ Findings name an attribute path and a kind, **never a value**: they go into repo
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 import mmap
 import warnings
@@ -238,9 +239,11 @@ class PhiValues:
         return out
 
     def str_matcher(self, kinds: Iterable[str], min_len: int = 2,
-                    single_tokens: bool = True) -> tuple[re.Pattern[str] | None, dict[str, str]]:
-        """(regex, lower-cased value → finding kind) for decoded text; compiled once and cached.
+                    single_tokens: bool = True) -> tuple[tuple[re.Pattern[str], ...], dict[str, str]]:
+        """(regexes, casefolded value → finding kind) for decoded text; compiled once, cached.
 
+        Two regexes: the instance UIDs (new in every file) apart from everything else (the same
+        for every file of a patient), so the larger one is compiled once per patient, not per file.
         ``single_tokens=False`` leaves out one-word name tokens (full-name forms stay): used on
         coded vocabulary, where a surname such as "Long" or "Mass" is an ordinary code meaning.
         """
@@ -252,11 +255,14 @@ class PhiValues:
             # keyed by casefold: the regex matches case-insensitively ("ΣΟΦΙΑΣ" vs "σοφιας"),
             # and str.lower() does not map every such match back (final sigma, dotted I)
             lookup = {v.casefold(): k for v, k in selected.items()}
-            got = (_t.compile_str_literals(selected), lookup)
+            parts = (frozenset(v for v, k in selected.items() if k != "uid"),
+                     frozenset(v for v, k in selected.items() if k == "uid"))
+            rxs = tuple(rx for rx in map(_t.compile_str_literals, parts) if rx is not None)
+            got = (rxs, lookup)
             self._cache[key] = got
         return got
 
-    def text_matcher(self, scrub_kinds: Iterable[str]) -> tuple[re.Pattern[str] | None, dict[str, str]]:
+    def text_matcher(self, scrub_kinds: Iterable[str]) -> tuple[tuple[re.Pattern[str], ...], dict[str, str]]:
         """The matcher :func:`dicomsafe.text.scrub` uses for the given scrub kinds.
 
         The birth date is always included: a patient's birth date is never clinical text.
@@ -266,30 +272,30 @@ class PhiValues:
             kinds |= SCRUB_TO_FINDING.get(k, frozenset())
         return self.str_matcher(frozenset(kinds), 2)
 
-    def bytes_matcher(self, kinds: Iterable[str]) -> tuple[re.Pattern[bytes] | None, dict[bytes, str], int]:
-        """(regex, ASCII-lower-cased pattern bytes → kind, longest pattern) for raw bytes.
+    def bytes_matcher(self, kinds: Iterable[str]) -> tuple[tuple[re.Pattern[bytes], ...], dict[bytes, str], int]:
+        """(regexes, ASCII-lower-cased pattern bytes → kind, longest pattern) for raw bytes.
 
         Minimum lengths guard against chance hits in binary data: names ≥ 3 bytes, other values
-        ≥ 4 bytes, patterns without word boundaries (non-ASCII encodings) ≥ 4 bytes.
+        ≥ 4 bytes, patterns without word boundaries (non-ASCII encodings) ≥ 4 bytes. UIDs get a
+        regex of their own, as in :meth:`str_matcher`.
         """
         kinds = frozenset(kinds)
         key = ("bytes", kinds)
         got = self._cache.get(key)
         if got is None:
             lookup: dict[bytes, str] = {}
-            bounded: set[bytes] = set()
-            free: set[bytes] = set()
+            groups = {False: (set(), set()), True: (set(), set())}  # is_uid -> (bounded, free)
             encodings = _byte_encodings(self.encodings)
             for v, kind in self._select(kinds, 2).items():
-                is_name = kind in ("patient-name", "person-name")
+                is_name = kind in _NAME_KINDS
+                bounded, free = groups[kind == "uid"]
                 for variant in {v, v.upper(), v.title(), v.capitalize()}:
                     for enc in encodings:
                         b = _encode_for_search(variant, enc)
                         if b is None:
                             continue
                         b = b.lower()
-                        ascii_only = b.isascii() and not _t.is_unbounded(v)
-                        if ascii_only:
+                        if b.isascii() and not _t.is_unbounded(v):
                             if len(b) < (3 if is_name else 4):
                                 continue
                             bounded.add(b)
@@ -299,7 +305,11 @@ class PhiValues:
                             free.add(b)
                         lookup.setdefault(b, kind)
             longest = max((len(b) for b in lookup), default=0)
-            got = (_t.compile_bytes_literals(bounded, free), lookup, longest)
+            rxs = tuple(
+                rx for rx in (_t.compile_bytes_literals(frozenset(bd), frozenset(fr)) for bd, fr in groups.values())
+                if rx is not None
+            )
+            got = (rxs, lookup, longest)
             self._cache[key] = got
         return got
 
@@ -609,6 +619,7 @@ class Finding:
         return f"{self.path}: {self.kind}"
 
 
+@functools.lru_cache(maxsize=8192)
 def _tag_label(tag: int, keyword: str | None = None) -> str:
     t = Tag(tag)
     if t.is_private:
@@ -654,8 +665,8 @@ def _search_text(text: str, vr: str, path: str, phi: PhiValues | None, kinds: fr
         else:
             sel, min_len = kinds, 3
             single = vr != "CS" and keyword not in _CODED_KW
-        rx, lookup = phi.str_matcher(sel, min_len, single)
-        if rx is not None:
+        rxs, lookup = phi.str_matcher(sel, min_len, single)
+        for rx in rxs:
             for m in rx.finditer(text):
                 # a match whose kind cannot be told is still a finding: fail closed
                 yield Finding(path, lookup.get(m.group(0).casefold(), "other"))
@@ -746,14 +757,15 @@ def find_in_dataset(ds: Dataset, phi: PhiValues | None, *, ignore_kinds: Iterabl
 
 _B_SSN_SEP = re.compile(
     rb"(?<![0-9a-z\-])(?<![0-9]\.)(?!000|666|9[0-9][0-9])[0-9]{3}([- ])(?!00)[0-9]{2}\1(?!0000)[0-9]{4}"
-    rb"(?![0-9a-z\-]|\.[0-9])"
+    rb"(?![0-9a-z\-]|\.[0-9])",
+    re.IGNORECASE,
 )
 _B_SSN_BARE = re.compile(
     rb"(?<![0-9a-z\-])(?<![0-9]\.)(?!000|666|9[0-9][0-9])[0-9]{3}(?!00)[0-9]{2}(?!0000)[0-9]{4}(?![0-9a-z\-]|\.[0-9])"
 )
 # Cheap anchors: the regex engine scans fast for a pattern that starts with a literal or a small
 # byte class, so the full check only runs around a ``-NN-`` / `` NN `` or an ``@``.
-_B_SSN_ANCHOR = re.compile(rb"[- ][0-9]{2}[- ]")
+_B_SSN_ANCHORS = (re.compile(rb"-[0-9]{2}-"), re.compile(rb" [0-9]{2} "))
 _B_EMAIL_ANCHOR = re.compile(rb"@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}(?![\w-])")
 _EMAIL_LOCAL = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789._%+-")
 _CHUNK = 1 << 20
@@ -856,6 +868,18 @@ def _iter_hits(buf, start: int, end: int, rx: re.Pattern[bytes], overlap: int) -
         pos = stop
 
 
+def _ssn_offsets(buf, a: int, b: int) -> Iterator[int]:
+    """Offsets of dashed/spaced SSNs in ``buf[a:b]``, searched in place (no copy). The scan is
+    anchored on the literal ``-NN-`` / `` NN `` middle, which the regex engine finds at memchr
+    speed; the full form is checked only around an anchor."""
+    n = len(buf)
+    for anchor in _B_SSN_ANCHORS:
+        for m in anchor.finditer(buf, a, b):
+            s = m.start() - 3
+            if s >= a and _B_SSN_SEP.match(bytes(buf[max(0, s - 2):min(n, s + 14)]), s - max(0, s - 2)):
+                yield s
+
+
 def find_in_bytes(data: bytes | bytearray | memoryview | mmap.mmap, phi: PhiValues | None, *,
                   ignore_kinds: Iterable[str] = frozenset(), pixel_range: tuple[int, int] | None = None,
                   spans: list[tuple[int, str]] | None = None, dataset_end: int | None = None) -> list[Finding]:
@@ -878,18 +902,16 @@ def find_in_bytes(data: bytes | bytearray | memoryview | mmap.mmap, phi: PhiValu
     n = len(data)
     labeler = _Labeler(data, spans, dataset_end)
     out: list[Finding] = []
-    rx, lookup, longest = phi.bytes_matcher(kinds) if phi is not None else (None, {}, 0)
+    rxs, lookup, longest = phi.bytes_matcher(kinds) if phi is not None else ((), {}, 0)
     regions = _regions(n, pixel_range)
     for a, b in regions:
-        if rx is not None:
+        for rx in rxs:
             for off, _, m, _ in _iter_hits(data, a, b, rx, longest):
                 kind = lookup.get(m.group(0))
                 if kind:
                     out.append(Finding(labeler(off), kind))
         if "ssn" in kinds:
-            for off, s, _, chunk in _iter_hits(data, a, b, _B_SSN_ANCHOR, 16):
-                if _B_SSN_SEP.match(chunk, max(0, s - 3)) and s >= 3:
-                    out.append(Finding(labeler(off - 3), "ssn"))
+            out.extend(Finding(labeler(off), "ssn") for off in _ssn_offsets(data, a, b))
         if "email" in kinds:
             for off, s, _, chunk in _iter_hits(data, a, b, _B_EMAIL_ANCHOR, 256):
                 if s > 0 and chunk[s - 1] in _EMAIL_LOCAL:
@@ -900,9 +922,8 @@ def find_in_bytes(data: bytes | bytearray | memoryview | mmap.mmap, phi: PhiValu
                 out.append(Finding(labeler(off), "ssn"))
         if pixel_range and pixel_range[1] > pixel_range[0]:
             a, b = max(0, pixel_range[0]), min(n, pixel_range[1])
-            for off, s, _, chunk in _iter_hits(data, a, b, _B_SSN_ANCHOR, 16):
-                if s >= 3 and _B_SSN_SEP.match(chunk, s - 3):
-                    out.append(Finding("(7FE0,0010) PixelData", "ssn"))
+            if next(_ssn_offsets(data, a, b), None) is not None:
+                out.append(Finding("(7FE0,0010) PixelData", "ssn"))
     return _dedupe(out)
 
 

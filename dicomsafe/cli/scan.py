@@ -99,8 +99,8 @@ def path_findings(rel: str, phi: PhiValues | None, ignore: frozenset[str]) -> li
     kinds = set(ALL_KINDS - ignore)
     out: list[Finding] = []
     if phi is not None:
-        rx, lookup = phi.str_matcher(frozenset(kinds - {"date"}), 3)
-        if rx is not None:
+        rxs, lookup = phi.str_matcher(frozenset(kinds - {"date"}), 3)
+        for rx in rxs:
             out.extend(Finding("file-path", lookup.get(m.group(0).casefold(), "other")) for m in rx.finditer(rel))
     if "ssn" in kinds and ssn_spans(rel, bare=False):
         out.append(Finding("file-path", "ssn"))

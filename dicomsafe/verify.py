@@ -638,10 +638,28 @@ def _dedupe(findings: Iterable[Finding]) -> list[Finding]:
     return out
 
 
-def _is_name_like(value: str) -> bool:
+def _own_ids(ds: Dataset) -> frozenset[str]:
+    """The dataset's own PatientID values (casefolded): in an output, the pseudonymous id."""
+    out: set[str] = set()
+    for kw in ("PatientID", "OtherPatientIDs"):
+        try:
+            val = ds.get(kw)
+        except Exception:
+            continue
+        if val is None:
+            continue
+        vals = list(val) if isinstance(val, (list, tuple)) or type(val).__name__ == "MultiValue" else [val]
+        out.update(str(v).strip().casefold() for v in vals if str(v).strip())
+    return frozenset(out)
+
+
+def _is_name_like(value: str, pseudonyms: frozenset[str] = frozenset()) -> bool:
     """A PN value that looks like a real person's name: not a dummy and not a pseudonym token
-    (names carry no digits; keyed ids and 'ANON-0001'-style dummies do)."""
+    (names carry no digits; keyed ids and 'ANON-0001'-style dummies do; a PN equal to the
+    dataset's own PatientID is the pseudonymous id written as a name)."""
     if _t.is_dummy(value):
+        return False
+    if value.strip().strip("^=").strip().casefold() in pseudonyms:
         return False
     groups = [g for g in value.split("=") if g.strip("^ ")]
     if not groups:
@@ -650,7 +668,8 @@ def _is_name_like(value: str) -> bool:
 
 
 def _search_text(text: str, vr: str, path: str, phi: PhiValues | None, kinds: frozenset[str],
-                 name_heuristic: bool, keyword: str = "") -> Iterator[Finding]:
+                 name_heuristic: bool, keyword: str = "",
+                 pseudonyms: frozenset[str] = frozenset()) -> Iterator[Finding]:
     """Findings in one element's decoded text. How hard to look depends on the VR: two-letter
     name tokens only in long free text (LT/ST/UT/UC), ≥ 3 elsewhere, and no one-word name tokens
     in coded vocabulary (CS, code meanings), where they would be ordinary words."""
@@ -684,7 +703,7 @@ def _search_text(text: str, vr: str, path: str, phi: PhiValues | None, kinds: fr
     # build dates, and the patient's own dates are harvested and searched everywhere anyway.
     if vr in _LONG_TEXT_VRS and "date" in kinds and _t.date_spans(text):
         yield Finding(path, "date")
-    if name_heuristic and vr == "PN" and "person-name" in kinds and _is_name_like(text):
+    if name_heuristic and vr == "PN" and "person-name" in kinds and _is_name_like(text, pseudonyms):
         yield Finding(path, "person-name")
 
 
@@ -714,6 +733,7 @@ def find_in_dataset(ds: Dataset, phi: PhiValues | None, *, ignore_kinds: Iterabl
     """
     kinds = ALL_KINDS - frozenset(ignore_kinds)
     heuristic = phi is None if name_heuristic is None else name_heuristic
+    pseudonyms = _own_ids(ds) if heuristic else frozenset()
     out: list[Finding] = []
 
     def walk(d: Dataset, prefix: str, depth: int) -> None:
@@ -742,7 +762,7 @@ def find_in_dataset(ds: Dataset, phi: PhiValues | None, *, ignore_kinds: Iterabl
                 out.append(Finding(path, "birth-date"))  # PS3.15: Z in every profile, no option keeps it
             search_vr = vr if converted else "UN"
             kw = (getattr(elem, "keyword", "") or "") if converted else ""
-            out.extend(_search_text(text, search_vr, path, phi, kinds, heuristic, kw))
+            out.extend(_search_text(text, search_vr, path, phi, kinds, heuristic, kw, pseudonyms))
 
     meta = getattr(ds, "file_meta", None)
     if meta is not None:

@@ -287,6 +287,10 @@ def test_pseudonym_pn_is_not_name_like():
     ds.PatientName = "K7Q2XW4M"
     ds.OtherPatientNames = "ANONYMOUS"
     assert find_in_dataset(ds, None) == []
+    ds.PatientName = "KQZXWBNM"  # an all-letter keyed token is only recognised as the PatientID
+    assert find_in_dataset(ds, None) == [Finding("(0010,0010) PatientName", "person-name")]
+    ds.PatientID = "KQZXWBNM"
+    assert find_in_dataset(ds, None) == []
 
 
 def test_invalid_ssn_areas_are_not_reported():

@@ -475,16 +475,24 @@ def _iter_values(elem) -> Iterator[str]:
         yield str(val)
 
 
+_BIG_BINARY_VRS = frozenset({"OB", "UN", "OW", "OF", "OD", "OL", "OV", None})
+
+
+def _convert(ds: Dataset, tag: int) -> tuple[int, object, bool]:
+    """(tag, element, converted); an element whose value cannot be converted comes back raw."""
+    try:
+        return tag, ds[tag], True
+    except Exception:  # a malformed value: search its raw bytes instead
+        return tag, ds.get_item(tag), False
+
+
 def _safe_elements(ds: Dataset) -> Iterator[tuple[int, object, bool]]:
-    """(tag, element, converted) for every top-level element; unconvertible ones come back raw."""
+    """(tag, element, converted) for every top-level element; pixel data is never converted."""
     for tag in list(ds.keys()):
         if tag in _PIXEL_TAGS:
             yield tag, ds.get_item(tag), False
             continue
-        try:
-            yield tag, ds[tag], True
-        except Exception:  # a malformed value: search its raw bytes instead
-            yield tag, ds.get_item(tag), False
+        yield _convert(ds, tag)
 
 
 def harvest(ds: Dataset) -> PhiValues:
@@ -739,9 +747,13 @@ def find_in_dataset(ds: Dataset, phi: PhiValues | None, *, ignore_kinds: Iterabl
     def walk(d: Dataset, prefix: str, depth: int) -> None:
         if depth > 32:
             return
-        for tag, elem, converted in _safe_elements(d):
+        for tag in list(d.keys()):
             if tag in _PIXEL_TAGS:
                 continue
+            raw = d.get_item(tag)
+            if getattr(raw, "value", b"") is None and getattr(raw, "VR", None) in _BIG_BINARY_VRS:
+                continue  # a deferred binary blob (> 2 MB): the byte layer searches it in place
+            tag, elem, converted = _convert(d, tag)
             vr = getattr(elem, "VR", None) or "UN"
             path = prefix + _tag_label(tag, getattr(elem, "keyword", None) if converted else None)
             if depth == 0 and tag in _trailing and not prefix:
@@ -857,11 +869,25 @@ class _Labeler:
         return out
 
 
-def _regions(n: int, pixel_range: tuple[int, int] | None) -> list[tuple[int, int]]:
-    if not pixel_range or pixel_range[1] <= pixel_range[0]:
-        return [(0, n)]
-    a, b = max(0, pixel_range[0]), min(n, pixel_range[1])
-    return [r for r in ((0, a), (b, n)) if r[1] > r[0]]
+def _normalise_ranges(n: int, pixel_range) -> list[tuple[int, int]]:
+    """One (start, end) or a list of them → sorted, clipped, non-empty ranges."""
+    if not pixel_range:
+        return []
+    ranges = [pixel_range] if isinstance(pixel_range[0], int) else list(pixel_range)
+    out = sorted((max(0, a), min(n, b)) for a, b in ranges)
+    return [(a, b) for a, b in out if b > a]
+
+
+def _regions(n: int, skips: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The complement of ``skips`` in [0, n)."""
+    out, pos = [], 0
+    for a, b in skips:
+        if a > pos:
+            out.append((pos, a))
+        pos = max(pos, b)
+    if pos < n:
+        out.append((pos, n))
+    return out
 
 
 def _iter_hits(buf, start: int, end: int, rx: re.Pattern[bytes], overlap: int) -> Iterator[tuple[int, int, re.Match[bytes], bytes]]:
@@ -911,7 +937,8 @@ def find_in_bytes(data: bytes | bytearray | memoryview | mmap.mmap, phi: PhiValu
     a bare 9-digit SSN only where no parser looks (preamble, trailing bytes, non-DICOM files),
     because header bytes are full of digits.
 
-    ``pixel_range`` (start, end) is the pixel-data *value*; it is searched for the dashed/spaced
+    ``pixel_range`` (start, end) — or a list of them — is the pixel-data *value* (and icon or
+    other nested pixel values); it is searched for the dashed/spaced
     SSN form only (anchored on ``-NN-``, so the pass costs almost nothing), never for harvested
     values: compressed or random pixel bytes match short strings by chance, and burned-in text is
     pixels, not bytes — that is :mod:`dicomsafe.pixels`' job. ``spans`` (offset, label) and
@@ -923,7 +950,8 @@ def find_in_bytes(data: bytes | bytearray | memoryview | mmap.mmap, phi: PhiValu
     labeler = _Labeler(data, spans, dataset_end)
     out: list[Finding] = []
     rxs, lookup, longest = phi.bytes_matcher(kinds) if phi is not None else ((), {}, 0)
-    regions = _regions(n, pixel_range)
+    skips = _normalise_ranges(n, pixel_range)
+    regions = _regions(n, skips)
     for a, b in regions:
         for rx in rxs:
             for off, _, m, _ in _iter_hits(data, a, b, rx, longest):
@@ -940,10 +968,10 @@ def find_in_bytes(data: bytes | bytearray | memoryview | mmap.mmap, phi: PhiValu
         for a, b in labeler.loose_regions(n, regions):
             for off, _, _, _ in _iter_hits(data, a, b, _B_SSN_BARE, 16):
                 out.append(Finding(labeler(off), "ssn"))
-        if pixel_range and pixel_range[1] > pixel_range[0]:
-            a, b = max(0, pixel_range[0]), min(n, pixel_range[1])
+        for a, b in skips:
             if next(_ssn_offsets(data, a, b), None) is not None:
-                out.append(Finding("(7FE0,0010) PixelData", "ssn"))
+                label = labeler(a)
+                out.append(Finding(label if "7FE0" not in label else "(7FE0,0010) PixelData", "ssn"))
     return _dedupe(out)
 
 
@@ -998,6 +1026,49 @@ def _raw_offsets(ds: Dataset) -> tuple[list[tuple[int, str]], int | None, tuple[
     return spans, dataset_end, pixel, trailing
 
 
+def _nested_pixel_values(ds: Dataset) -> list[tuple[str, bytes, int]]:
+    """(top-level label, first bytes) of pixel values nested in sequences (icons, overlays in
+    items): their offsets are relative to the enclosing sequence, so they are found by content."""
+    found: list[tuple[str, bytes, int]] = []
+
+    def walk(d: Dataset, top: str, depth: int) -> None:
+        if depth > 8:
+            return
+        for tag in list(d.keys()):
+            raw = d.get_item(tag)
+            if tag in _PIXEL_TAGS and depth > 0:
+                value = getattr(raw, "value", None)
+                if isinstance(value, (bytes, bytearray)) and len(value) >= 64:
+                    found.append((top, bytes(value[:64]), len(value)))
+                continue
+            if getattr(raw, "VR", None) == "SQ":
+                try:
+                    items = d[tag].value
+                except Exception:
+                    continue
+                for item in items or ():
+                    if isinstance(item, Dataset):
+                        walk(item, top or _tag_label(tag), depth + 1)
+
+    walk(ds, "", 0)
+    return found
+
+
+def _locate(buf, spans: list[tuple[int, str]], nested) -> list[tuple[int, int]]:
+    """Byte ranges of nested pixel values, searched inside their top-level element's span."""
+    out = []
+    starts = sorted(spans)
+    for label, head, length in nested:
+        for i, (s, lab) in enumerate(starts):
+            if lab == label:
+                e = starts[i + 1][0] if i + 1 < len(starts) else len(buf)
+                at = buf.find(head, s, e)
+                if at >= 0:
+                    out.append((at, at + length))
+                break
+    return out
+
+
 def verify_file(path: str | os.PathLike, phi: PhiValues | None, *, ignore_kinds: Iterable[str] = frozenset(),
                 pixel_range: tuple[int, int] | None = None) -> list[Finding]:
     """Parse ``path`` with pydicom and search it, then search its raw bytes (fail closed).
@@ -1011,6 +1082,7 @@ def verify_file(path: str | os.PathLike, phi: PhiValues | None, *, ignore_kinds:
     spans: list[tuple[int, str]] | None = None
     dataset_end: int | None = None
     auto_pixel: tuple[int, int] | None = None
+    nested_pixels: list[tuple[str, bytes, int]] = []
     # pydicom warnings can quote element values, and nothing of a value may reach a log: the
     # parse and the (lazy) element conversions run with warnings silenced.
     with warnings.catch_warnings():
@@ -1020,6 +1092,7 @@ def verify_file(path: str | os.PathLike, phi: PhiValues | None, *, ignore_kinds:
             if len(ds) == 0:
                 raise ValueError("empty dataset")
             spans, dataset_end, auto_pixel, trailing = _raw_offsets(ds)
+            nested_pixels = _nested_pixel_values(ds)
             findings.extend(find_in_dataset(ds, phi, ignore_kinds=ignore_kinds, _trailing=trailing))
         except Exception as exc:  # any parse failure: unprovable, so a finding (type only, no text)
             log.debug("verify: parse failed (%s)", type(exc).__name__)
@@ -1028,9 +1101,13 @@ def verify_file(path: str | os.PathLike, phi: PhiValues | None, *, ignore_kinds:
     size = path.stat().st_size
     if size:
         with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            if pixel_range is not None:
+                skips = [pixel_range]
+            else:
+                skips = [auto_pixel] if auto_pixel else []
+                skips += _locate(mm, spans or [], nested_pixels)
             findings.extend(
-                find_in_bytes(mm, phi, ignore_kinds=ignore_kinds,
-                              pixel_range=pixel_range if pixel_range is not None else auto_pixel,
+                find_in_bytes(mm, phi, ignore_kinds=ignore_kinds, pixel_range=skips,
                               spans=spans, dataset_end=dataset_end)
             )
     return _dedupe(findings)

@@ -476,3 +476,21 @@ def test_planted_values_are_always_caught(family, pid, ssn, what, where, case):
                 fh.write(b"\0\0" + text.encode())
         found = verify_file(p, phi)
     assert Finding(_WHERE[where], kind) in found
+
+
+def test_icon_pixel_data_is_not_searched_for_names_but_for_ssn(tmp_path):
+    """Nested pixel values (IconImageSequence) are skipped like the main pixel data: noise
+    that happens to spell a name is not PHI; a dashed SSN there still is."""
+    src = identify(pydicom.dcmread(get_testdata_file("examples_overlay.dcm")))
+    phi = harvest(src)
+    out = clean_copy(src)
+    icon = bytearray(out.IconImageSequence[0].PixelData)
+    icon[200:206] = b" SMITH"
+    out.IconImageSequence[0].PixelData = bytes(icon)
+    p = tmp_path / "icon.dcm"
+    _write(out, p)
+    assert verify_file(p, phi) == []
+    icon[300:313] = b" 123-45-6789 "
+    out.IconImageSequence[0].PixelData = bytes(icon)
+    _write(out, p)
+    assert verify_file(p, phi) == [Finding("(0088,0200) IconImageSequence", "ssn")]

@@ -105,8 +105,12 @@ _KW_KIND = {
     },
     **{k: "other" for k in ("ResponsibleOrganization", "MilitaryRank", "BranchOfService")},
 }
-#: UI attributes naming a class, a syntax or a coding scheme: shared by everyone, never PHI.
-_CLASS_UID_SUFFIXES = ("ClassUID", "TransferSyntaxUID", "SchemeUID", "ContextUID", "ImplementationClassUID")
+#: UI attributes naming a class, a syntax, a coding scheme or a piece of software: shared by
+#: everyone, never PHI.
+_CLASS_UID_SUFFIXES = ("ClassUID", "TransferSyntaxUID", "SchemeUID", "ContextUID", "ImplementationClassUID",
+                       "UIDInFile", "ClassesInStudy", "ClassesInSeries", "ClassesSupported")
+_SOFTWARE_UID_KW = frozenset({"MappingResourceUID", "ContextGroupExtensionCreatorUID", "CreatorVersionUID",
+                              "PrivateInformationCreatorUID"})
 _WELL_KNOWN_UID_ROOT = "1.2.840.10008."
 _VENDOR_KW = ("Manufacturer", "ManufacturerModelName", "SoftwareVersions")
 
@@ -352,6 +356,30 @@ _VALUE_FIELDS = (
 _ESC_RE = re.compile(rb"\x1b[\x20-\x2f]*[\x30-\x7e]")
 
 
+@functools.lru_cache(maxsize=1)
+def _table_date_tags() -> frozenset[int]:
+    """DA/DT attributes PS3.15 Table E.1-1 lists (so the engine acts on them). Dates outside the
+    table (calibration and expiry dates …) are kept unchanged by design and are not harvested,
+    or every kept one would quarantine its file."""
+    import json
+    from importlib.resources import files
+
+    from pydicom.datadict import dictionary_VR
+
+    rows = json.loads(files("dicomsafe").joinpath("data/standard/ps3.15-table-e.1-1.json").read_text("utf-8"))
+    out = set()
+    for row in rows:
+        ident = str(row.get("id", ""))
+        if len(ident) == 8 and all(c in "0123456789abcdefABCDEF" for c in ident):
+            tag = int(ident, 16)
+            try:
+                if dictionary_VR(tag) in ("DA", "DT"):
+                    out.add(tag)
+            except KeyError:
+                continue
+    return frozenset(out)
+
+
 def _byte_encodings(extra: tuple[str, ...]) -> list[str]:
     encs = ["latin_1", "utf_8"]
     for e in extra:
@@ -548,7 +576,7 @@ def harvest(ds: Dataset) -> PhiValues:
             if elem.is_private:
                 continue
             if vr == "UI":
-                if kw.endswith(_CLASS_UID_SUFFIXES):
+                if kw.endswith(_CLASS_UID_SUFFIXES) or kw in _SOFTWARE_UID_KW:
                     continue
                 for v in values:
                     v = v.strip().rstrip("\x00")
@@ -559,7 +587,7 @@ def harvest(ds: Dataset) -> PhiValues:
                 for v in values:
                     if kw == "PatientBirthDate":
                         acc["dates"] |= date_forms(v)
-                    else:
+                    elif tag in _table_date_tags():
                         acc["other_dates"] |= date_forms(v, rich=False)
                 continue
             kind = _KW_KIND.get(kw)

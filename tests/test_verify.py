@@ -494,3 +494,20 @@ def test_icon_pixel_data_is_not_searched_for_names_but_for_ssn(tmp_path):
     out.IconImageSequence[0].PixelData = bytes(icon)
     _write(out, p)
     assert verify_file(p, phi) == [Finding("(0088,0200) IconImageSequence", "ssn")]
+
+
+def test_dates_outside_the_table_and_software_uids_are_not_harvested():
+    ds = Dataset()
+    ds.StudyDate = "20200315"
+    ds.DateOfGainCalibration = "20190101"  # not in PS3.15 Table E.1-1: kept as is by design
+    ds.CreatorVersionUID = "1.2.3.4.5.6"
+    phi = harvest(ds)
+    assert "20200315" in phi.other_dates and "20190101" not in phi.other_dates
+    assert phi.uids == frozenset()
+    out = Dataset()
+    out.StudyDate = "20200301"
+    out.DateOfGainCalibration = "20190101"
+    out.CreatorVersionUID = "1.2.3.4.5.6"
+    assert find_in_dataset(out, phi) == []
+    out.ContentDate = "20200315"  # an original date left unshifted
+    assert find_in_dataset(out, phi) == [Finding("(0008,0023) ContentDate", "date")]

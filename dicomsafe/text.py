@@ -17,6 +17,10 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # verify imports this module; the type is only needed for annotations
+    from .verify import PhiValues
 
 #: What the scrubber writes in place of a hit. Never matches any detector.
 REMOVED = "[removed]"
@@ -287,7 +291,7 @@ DEFAULT_SCRUB_KINDS = ("ssn", "patient-names", "ids", "dates", "phone", "email",
 _COLLAPSE_RE = re.compile(re.escape(REMOVED) + r"(?:[\s,.^=/'-]*" + re.escape(REMOVED) + ")+")
 
 
-def hit_spans(text: str, phi=None, kinds: Iterable[str] = DEFAULT_SCRUB_KINDS) -> list[tuple[int, int]]:
+def hit_spans(text: str, phi: PhiValues | None = None, kinds: Iterable[str] = DEFAULT_SCRUB_KINDS) -> list[tuple[int, int]]:
     """Sorted, merged spans of ``text`` that ``scrub`` would remove. Pure; no values returned."""
     kinds = frozenset(kinds)
     unknown = kinds - SCRUB_KINDS
@@ -324,7 +328,7 @@ def hit_spans(text: str, phi=None, kinds: Iterable[str] = DEFAULT_SCRUB_KINDS) -
     return merged
 
 
-def scrub(text: str, phi=None, kinds: Iterable[str] = DEFAULT_SCRUB_KINDS) -> str:
+def scrub(text: str, phi: PhiValues | None = None, kinds: Iterable[str] = DEFAULT_SCRUB_KINDS) -> str:
     """Replace every identifier in ``text`` with ``[removed]``, keeping the words around it.
 
     ``phi`` (a :class:`dicomsafe.verify.PhiValues`) adds the patient's own harvested values: every
@@ -370,7 +374,7 @@ def _scrub_one(value, vr: str, phi, kinds):
     return value
 
 
-def scrub_value(value, vr: str, phi=None, kinds: Iterable[str] = DEFAULT_SCRUB_KINDS):
+def scrub_value(value, vr: str, phi: PhiValues | None = None, kinds: Iterable[str] = DEFAULT_SCRUB_KINDS):
     """Scrub a DICOM element value of a text VR; multi-valued values are scrubbed item by item.
 
     Returns a value of the same shape (str, list, or pydicom MultiValue → list). PN values are

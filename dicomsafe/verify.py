@@ -126,6 +126,12 @@ _DATE_VRS = frozenset({"DA", "DT"})
 _SKIP_VRS = frozenset({"OW", "OF", "OD", "OL", "OV", "FL", "FD", "SL", "SS", "UL", "US", "SV", "UV", "AT", "TM", "DS", "IS", "AS"})
 _BYTES_VRS = frozenset({"OB", "UN"})
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+#: Sampled data (pixels, overlay planes, waveforms, spectra): bytes of measurements, not text.
+_SAMPLE_TAGS = _PIXEL_TAGS | frozenset({0x54001010, 0x56000020, 0x56000010})
+
+
+def _is_sample_tag(tag: int) -> bool:
+    return tag in _SAMPLE_TAGS or ((tag >> 16) & 0xFF01 == 0x6000 and tag & 0xFFFF == 0x3000)
 _LONG_HDR_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UT", b"UN", b"UC", b"UR", b"SV", b"UV"})
 _VALID_VRS = frozenset(
     "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split()
@@ -188,6 +194,15 @@ class PhiValues:
         """
         return PhiValues(**{f: getattr(self, f) for f in _VALUE_FIELDS if f not in ("dates", "other_dates")},
                          dates=frozenset(d for d in self.dates if not d.isdigit()), encodings=self.encodings)
+
+    def with_min_length(self, n: int) -> PhiValues:
+        """Only values of at least ``n`` characters (CJK/kana/hangul: half that). For searching
+        opaque binary files, where short strings turn up by chance."""
+        def keep(v: str) -> bool:
+            return len(v) >= (max(2, n // 2) if _t.is_unbounded(v) else n)
+
+        return PhiValues(**{f: frozenset(v for v in getattr(self, f) if keep(v)) for f in _VALUE_FIELDS},
+                         encodings=self.encodings)
 
     def is_empty(self) -> bool:
         return not any(getattr(self, f) for f in _VALUE_FIELDS)
@@ -776,7 +791,7 @@ def find_in_dataset(ds: Dataset, phi: PhiValues | None, *, ignore_kinds: Iterabl
         if depth > 32:
             return
         for tag in list(d.keys()):
-            if tag in _PIXEL_TAGS:
+            if _is_sample_tag(tag):
                 continue
             raw = d.get_item(tag)
             if getattr(raw, "value", b"") is None and getattr(raw, "VR", None) in _BIG_BINARY_VRS:
@@ -795,8 +810,6 @@ def find_in_dataset(ds: Dataset, phi: PhiValues | None, *, ignore_kinds: Iterabl
                 continue
             if converted and vr in _SKIP_VRS:
                 continue
-            if (tag >> 16) & 0xFF00 == 0x6000 and tag & 0xFFFF == 0x3000:
-                continue  # overlay bit planes
             text = _elem_text(elem, raw=not converted)
             if tag == 0x00100030 and text.strip() and "birth-date" in kinds:
                 out.append(Finding(path, "birth-date"))  # PS3.15: Z in every profile, no option keeps it
@@ -955,7 +968,8 @@ def _ssn_offsets(buf, a: int, b: int) -> Iterator[int]:
 
 
 def find_in_bytes(data: bytes | bytearray | memoryview | mmap.mmap, phi: PhiValues | None, *,
-                  ignore_kinds: Iterable[str] = frozenset(), pixel_range: tuple[int, int] | None = None,
+                  ignore_kinds: Iterable[str] = frozenset(),
+                  pixel_range: tuple[int, int] | list[tuple[int, int]] | None = None,
                   spans: list[tuple[int, str]] | None = None, dataset_end: int | None = None) -> list[Finding]:
     """Raw byte search of a whole written file for harvested values and SSN/e-mail patterns.
 
@@ -998,8 +1012,7 @@ def find_in_bytes(data: bytes | bytearray | memoryview | mmap.mmap, phi: PhiValu
                 out.append(Finding(labeler(off), "ssn"))
         for a, b in skips:
             if next(_ssn_offsets(data, a, b), None) is not None:
-                label = labeler(a)
-                out.append(Finding(label if "7FE0" not in label else "(7FE0,0010) PixelData", "ssn"))
+                out.append(Finding(labeler(a) if spans else "(7FE0,0010) PixelData", "ssn"))
     return _dedupe(out)
 
 
@@ -1008,12 +1021,13 @@ def find_in_bytes(data: bytes | bytearray | memoryview | mmap.mmap, phi: PhiValu
 # --------------------------------------------------------------------------------------------
 
 
-def _raw_offsets(ds: Dataset) -> tuple[list[tuple[int, str]], int | None, tuple[int, int] | None, frozenset[int]]:
-    """Element start offsets (for labels), where the well-formed dataset ends, and the pixel
-    value range, all from the parser's raw elements (values are not converted here)."""
+def _raw_offsets(ds: Dataset) -> tuple[list[tuple[int, str]], int | None, list[tuple[int, int]], frozenset[int]]:
+    """Element start offsets (for labels), where the well-formed dataset ends, the value ranges of
+    top-level sampled data (pixels, overlays), and the tags after the end, all from the parser's
+    raw elements (values are not converted here)."""
     spans: list[tuple[int, str]] = []
     dataset_end: int | None = None
-    pixel: tuple[int, int] | None = None
+    samples: list[tuple[int, int]] = []
     prev = -1
     explicit = not ds.is_implicit_VR if ds.is_implicit_VR is not None else True
     private_creators: set[tuple[int, int]] = set()
@@ -1045,13 +1059,13 @@ def _raw_offsets(ds: Dataset) -> tuple[list[tuple[int, str]], int | None, tuple[
             break
         prev = tag
         spans.append((start, _tag_label(tag)))
-        if tag in _PIXEL_TAGS:
+        if _is_sample_tag(tag):
             length = getattr(raw, "length", 0)
             if length == 0xFFFFFFFF:
                 value = getattr(raw, "value", None)
                 length = len(value) if value is not None else 0
-            pixel = (tell, tell + length)
-    return spans, dataset_end, pixel, trailing
+            samples.append((tell, tell + length))
+    return spans, dataset_end, samples, trailing
 
 
 def _nested_pixel_values(ds: Dataset) -> list[tuple[str, bytes, int]]:
@@ -1064,7 +1078,7 @@ def _nested_pixel_values(ds: Dataset) -> list[tuple[str, bytes, int]]:
             return
         for tag in list(d.keys()):
             raw = d.get_item(tag)
-            if tag in _PIXEL_TAGS and depth > 0:
+            if _is_sample_tag(tag) and depth > 0:
                 value = getattr(raw, "value", None)
                 if isinstance(value, (bytes, bytearray)) and len(value) >= 64:
                     found.append((top, bytes(value[:64]), len(value)))
@@ -1098,18 +1112,19 @@ def _locate(buf, spans: list[tuple[int, str]], nested) -> list[tuple[int, int]]:
 
 
 def verify_file(path: str | os.PathLike, phi: PhiValues | None, *, ignore_kinds: Iterable[str] = frozenset(),
-                pixel_range: tuple[int, int] | None = None) -> list[Finding]:
+                pixel_range: tuple[int, int] | list[tuple[int, int]] | None = None) -> list[Finding]:
     """Parse ``path`` with pydicom and search it, then search its raw bytes (fail closed).
 
-    ``pixel_range`` defaults to the pixel-data value range found by the parse; pass ``(0, 0)`` to
-    search pixel bytes too. A file pydicom cannot parse yields ``Finding("file", "unreadable")``
+    ``pixel_range`` defaults to the value ranges of sampled data found by the parse (pixel data,
+    overlay planes, waveforms, icons and other nested pixel data); pass ``(0, 0)`` to search
+    every byte. A file pydicom cannot parse yields ``Finding("file", "unreadable")``
     (it cannot be proven clean) plus whatever the byte search finds.
     """
     path = Path(path)
     findings: list[Finding] = []
     spans: list[tuple[int, str]] | None = None
     dataset_end: int | None = None
-    auto_pixel: tuple[int, int] | None = None
+    auto_pixel: list[tuple[int, int]] = []
     nested_pixels: list[tuple[str, bytes, int]] = []
     # pydicom warnings can quote element values, and nothing of a value may reach a log: the
     # parse and the (lazy) element conversions run with warnings silenced.
@@ -1130,10 +1145,9 @@ def verify_file(path: str | os.PathLike, phi: PhiValues | None, *, ignore_kinds:
     if size:
         with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             if pixel_range is not None:
-                skips = [pixel_range]
+                skips = pixel_range
             else:
-                skips = [auto_pixel] if auto_pixel else []
-                skips += _locate(mm, spans or [], nested_pixels)
+                skips = list(auto_pixel) + _locate(mm, spans or [], nested_pixels)
             findings.extend(
                 find_in_bytes(mm, phi, ignore_kinds=ignore_kinds, pixel_range=skips,
                               spans=spans, dataset_end=dataset_end)

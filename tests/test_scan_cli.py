@@ -129,3 +129,15 @@ def test_module_entry_point_and_no_progress_bar_off_tty(trees):
     proc = subprocess.run([sys.executable, "-m", "dicomsafe", "--quiet", "scan", str(dst / "p000" / "1.dcm")],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0 and "1 file(s) scanned" in proc.stdout
+
+
+def test_binary_non_dicom_files_need_longer_values(trees):
+    """A JPEG or zip next to the images is searched for long values only: a 3-letter token in
+    compressed bytes is chance, a full name is a leak."""
+    src, dst = trees
+    (dst / "thumb.bin").write_bytes(b"\x00\xff" * 50 + b" Q " + b"\x00\x01" * 50 + b" Roe " + b"\x00" * 10)
+    assert _run(str(dst), "--against", str(src)).exit_code == 0
+    (dst / "thumb.bin").write_bytes(b"\x00\xff" * 50 + b" SMITH^JOHN " + b"\x00" * 10)
+    res = _run(str(dst), "--against", str(src), "--format", "json")
+    assert res.exit_code == 1
+    assert json.loads(res.output)["files"][0]["file"] == "thumb.bin"

@@ -511,3 +511,16 @@ def test_dates_outside_the_table_and_software_uids_are_not_harvested():
     assert find_in_dataset(out, phi) == []
     out.ContentDate = "20200315"  # an original date left unshifted
     assert find_in_dataset(out, phi) == [Finding("(0008,0023) ContentDate", "date")]
+
+
+def test_overlay_bit_planes_are_sample_data(tmp_path):
+    src = identify(pydicom.dcmread(get_testdata_file("examples_overlay.dcm")))
+    phi = harvest(src)
+    out = clean_copy(src)
+    plane = bytearray(out[0x60003000].value)
+    plane[40:47] = b" SMITH "
+    out[0x60003000].value = bytes(plane)
+    p = tmp_path / "ovl.dcm"
+    _write(out, p)
+    assert verify_file(p, phi) == []
+    assert Finding("(6000,3000) OverlayData", "patient-name") in verify_file(p, phi, pixel_range=(0, 0))

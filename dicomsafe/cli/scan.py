@@ -81,13 +81,30 @@ def harvest_tree(src: Path) -> tuple[PhiValues, int, int]:
     return PhiValues.union(parts).for_tree_scan(), len(parts), bad
 
 
-def scan_file(path: Path, phi: PhiValues | None, ignore: frozenset[str]) -> list[Finding]:
-    """Findings for one file: parse + bytes for DICOM, bytes only for anything else."""
+#: Opaque binary files (images, archives, PDFs) are searched for values of at least this length
+#: only: a pooled harvest holds thousands of short names that random bytes spell by chance.
+BINARY_MIN_LENGTH = 6
+
+
+def looks_like_text(path: Path) -> bool:
+    """No NUL byte in the first 8 KiB: the usual text/binary test (git, grep)."""
+    with open(path, "rb") as fh:
+        return b"\0" not in fh.read(8192)
+
+
+def scan_file(path: Path, phi: PhiValues | None, ignore: frozenset[str],
+              binary_phi: PhiValues | None = None) -> list[Finding]:
+    """Findings for one file: parse + bytes for DICOM, bytes only for anything else.
+
+    ``binary_phi`` is ``phi.with_min_length(BINARY_MIN_LENGTH)``, passed in so a whole tree
+    compiles it once."""
     try:
         if is_dicom_file(path):
             return verify_file(path, phi, ignore_kinds=ignore)
         if path.stat().st_size == 0:
             return []
+        if phi is not None and not looks_like_text(path):
+            phi = binary_phi if binary_phi is not None else phi.with_min_length(BINARY_MIN_LENGTH)
         with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             return find_in_bytes(mm, phi, ignore_kinds=ignore)
     except OSError:
@@ -136,6 +153,7 @@ def scan(ctx: click.Context, path: Path, against: Path | None, fmt: str, ignore:
         if n_src == 0:
             raise ConfigError("scan: --against SRC holds no readable DICOM file")
 
+    binary_phi = phi.with_min_length(BINARY_MIN_LENGTH) if phi is not None else None
     files = list(iter_files(path))
     base = path if path.is_dir() else path.parent
     show_bar = not quiet and sys.stderr.isatty()
@@ -146,7 +164,7 @@ def scan(ctx: click.Context, path: Path, against: Path | None, fmt: str, ignore:
     with tqdm(total=len(files), unit="file", disable=not show_bar, desc="scan", leave=False) as bar:
         for index, p in enumerate(files, 1):
             rel = p.relative_to(base).as_posix()
-            findings = path_findings(rel, phi, ignored) + scan_file(p, phi, ignored)
+            findings = path_findings(rel, phi, ignored) + scan_file(p, phi, ignored, binary_phi)
             if findings:
                 label = f"#{index}" if any(f.path == "file-path" for f in findings) else rel
                 results.append({"file": label, "findings": [{"path": f.path, "kind": f.kind} for f in findings]})

@@ -210,7 +210,21 @@ DATE_RE = re.compile(
     rf"|\d{{1,2}}{_ORD}\.?[\s-]+{_MONTHS}\.?,?[\s-]+(?:\d{{4}}|\d{{2}})"
     rf"|{_MONTHS}\.?[\s-]+\d{{1,2}}{_ORD},?[\s-]+\d{{4}}"
     rf"|{_MONTHS}\.?,?\s+(?:18|19|20)\d{{2}}"
+    r"|(?P<my>(?:0?[1-9]|1[0-2])/(?:19|20)\d{2})"  # 05/2020
+    r"|(?P<ym>(?:19|20)\d{2}-(?:0[1-9]|1[0-2]))"  # 2020-05
     r")(?![\w]|[./-]\d)",
+    re.IGNORECASE,
+)
+
+#: Ages over 89 are identifying (HIPAA Safe Harbor groups them with dates): "92 yo", "a 93-year-old".
+AGE_OVER_89_RE = re.compile(
+    r"\b(?:9\d|1[0-4]\d)(?:\s*|-)(?:years?(?:\s*|-)old|y/?o|yrs?|years?|y)\b", re.IGNORECASE
+)
+
+#: A phone number announced by a label, in any digit grouping ("Tel: 0044 20 7946 0958").
+LABELLED_PHONE_RE = re.compile(
+    r"\b(?:tel(?:ephone)?|phone|ph|fax|mobile|cell|pager|beeper)\.?\s*(?:no\.?|number|#)?\s*[:#]?\s*"
+    r"(?P<v>\+?[\d(][\d\s().-]{5,}\d)",
     re.IGNORECASE,
 )
 
@@ -240,7 +254,7 @@ ADDRESS_RE = re.compile(
 def _plausible_numeric_date(m: re.Match[str]) -> bool:
     """Reject numeric shapes that cannot be a calendar date (e.g. 13/45/20)."""
     txt = m.group(0)
-    if m.group("compact"):
+    if m.group("compact") or m.group("my") or m.group("ym"):
         return True
     nums = [int(p) for p in re.split(r"[-/.]", txt) if p.isdigit()]
     if len(nums) != 3:
@@ -263,8 +277,11 @@ def date_spans(text: str) -> list[tuple[int, int]]:
 
 
 def phone_spans(text: str) -> list[tuple[int, int]]:
-    """Spans of phone numbers: North American forms and ``+CC …`` international ones."""
-    return [m.span() for m in PHONE_RE.finditer(text) if _plausible_phone(m)]
+    """Spans of phone numbers: North American forms, ``+CC …`` international ones, and any
+    digit grouping after a label ("Tel:", "Fax", "Pager")."""
+    spans = [m.span() for m in PHONE_RE.finditer(text) if _plausible_phone(m)]
+    spans += [m.span("v") for m in LABELLED_PHONE_RE.finditer(text) if sum(c.isdigit() for c in m.group("v")) >= 7]
+    return spans
 
 
 def ssn_spans(text: str, *, bare: bool = True) -> list[tuple[int, int]]:
@@ -309,6 +326,7 @@ def hit_spans(text: str, phi: PhiValues | None = None, kinds: Iterable[str] = DE
         spans.extend(email_spans(text))
     if "dates" in kinds:
         spans.extend(date_spans(text))
+        spans.extend(m.span() for m in AGE_OVER_89_RE.finditer(text))
     if "ids" in kinds:
         spans.extend(_group_spans(LABELLED_ID_RE, text))
     if "patient-names" in kinds:

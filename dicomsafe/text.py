@@ -46,6 +46,11 @@ STOP_TOKENS = frozenset(
         "us", "cr", "dx", "pt", "nm", "xa", "rf", "mg", "ot", "sr", "sc", "jr", "sr", "md", "dr",
         "mr", "mrs", "ms", "phd", "iii", "ii", "name", "first", "last", "text", "enter", "family",
         "given", "middle",
+        # role words of DICOM and SR vocabulary, common in placeholder names ("Observer^Verifying")
+        "observer", "verifying", "verifier", "person", "operator", "physician", "reader", "author",
+        "technologist", "radiologist", "referring", "performing", "requesting", "reporting",
+        "attending", "service", "admin", "default", "user", "staff", "doctor", "nurse", "tech",
+        "device", "station", "system", "recording", "reviewer", "signer", "approver",
     }
 )
 

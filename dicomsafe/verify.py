@@ -120,6 +120,15 @@ _CODED_KW = frozenset({
     "URNCodeValue", "ContextIdentifier", "MappingResource", "ValueType", "RelationshipType",
     "ContinuityOfContent", "ConceptNameCodeSequence", "ImageType", "Modality", "BodyPartExamined",
 })
+#: VRs holding codes, titles and identifiers of things, never free text about a person.
+_CODED_VRS = frozenset({"CS", "AE", "UI", "UR"})
+
+
+def _is_code_member(tag: int) -> bool:
+    """Members of a code sequence item, (0008,0100)–(0008,0124): CodeValue … CodeMeaning …"""
+    return 0x00080100 <= tag <= 0x00080124
+
+
 _TEXT_FREE_VRS = frozenset({"LO", "LT", "ST", "UT", "SH", "UC", "PN"})
 _LONG_TEXT_VRS = frozenset({"LT", "ST", "UT", "UC"})
 _DATE_VRS = frozenset({"DA", "DT"})
@@ -720,7 +729,7 @@ def _is_name_like(value: str, pseudonyms: frozenset[str] = frozenset()) -> bool:
 
 def _search_text(text: str, vr: str, path: str, phi: PhiValues | None, kinds: frozenset[str],
                  name_heuristic: bool, keyword: str = "",
-                 pseudonyms: frozenset[str] = frozenset()) -> Iterator[Finding]:
+                 pseudonyms: frozenset[str] = frozenset(), tag: int = 0) -> Iterator[Finding]:
     """Findings in one element's decoded text. How hard to look depends on the VR: two-letter
     name tokens only in long free text (LT/ST/UT/UC), ≥ 3 elsewhere, and no one-word name tokens
     in coded vocabulary (CS, code meanings), where they would be ordinary words."""
@@ -734,7 +743,7 @@ def _search_text(text: str, vr: str, path: str, phi: PhiValues | None, kinds: fr
             sel, min_len = kinds, 2
         else:
             sel, min_len = kinds, 3
-            single = vr != "CS" and keyword not in _CODED_KW
+            single = vr not in _CODED_VRS and keyword not in _CODED_KW and not _is_code_member(tag)
         rxs, lookup = phi.str_matcher(sel, min_len, single)
         for rx in rxs:
             for m in rx.finditer(text):
@@ -750,9 +759,10 @@ def _search_text(text: str, vr: str, path: str, phi: PhiValues | None, kinds: fr
         yield Finding(path, "email")
     if vr in _TEXT_FREE_VRS and vr != "PN" and "phone" in kinds and _t.phone_spans(text):
         yield Finding(path, "phone")
-    # Dates written in text only in long free text: short strings such as SoftwareVersions carry
-    # build dates, and the patient's own dates are harvested and searched everywhere anyway.
-    if vr in _LONG_TEXT_VRS and "date" in kinds and _t.date_spans(text):
+    # Date-shaped text is a finding only in pattern mode (no harvest) and only in long free text:
+    # with a harvest the patient's own dates are searched everywhere, and a date in a kept
+    # attribute (SoftwareVersions build stamps, calibration notes) is not the patient's.
+    if phi is None and vr in _LONG_TEXT_VRS and "date" in kinds and _t.date_spans(text):
         yield Finding(path, "date")
     if name_heuristic and vr == "PN" and "person-name" in kinds and _is_name_like(text, pseudonyms):
         yield Finding(path, "person-name")
@@ -815,7 +825,7 @@ def find_in_dataset(ds: Dataset, phi: PhiValues | None, *, ignore_kinds: Iterabl
                 out.append(Finding(path, "birth-date"))  # PS3.15: Z in every profile, no option keeps it
             search_vr = vr if converted else "UN"
             kw = (getattr(elem, "keyword", "") or "") if converted else ""
-            out.extend(_search_text(text, search_vr, path, phi, kinds, heuristic, kw, pseudonyms))
+            out.extend(_search_text(text, search_vr, path, phi, kinds, heuristic, kw, pseudonyms, tag))
 
     meta = getattr(ds, "file_meta", None)
     if meta is not None:

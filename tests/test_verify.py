@@ -524,3 +524,33 @@ def test_overlay_bit_planes_are_sample_data(tmp_path):
     _write(out, p)
     assert verify_file(p, phi) == []
     assert Finding("(6000,3000) OverlayData", "patient-name") in verify_file(p, phi, pixel_range=(0, 0))
+
+
+def test_kept_vocabulary_and_build_stamps_are_not_findings():
+    """Regression (lead, corpus run): placeholder staff names must not hit ValueType TEXT or code
+    meanings, and build dates in SoftwareVersions are not the patient's dates."""
+    src = Dataset()
+    src.PatientName = "SMITH^JOHN"
+    src.VerifyingObserverSequence = Sequence([Dataset()])
+    src.VerifyingObserverSequence[0].VerifyingObserverName = "Observer^Verifying"
+    src.PerformingPhysicianName = "Enter^Text"
+    phi = harvest(src)
+    out = Dataset()
+    out.PatientName = "ANONYMOUS"
+    out.SoftwareVersions = ["CX50_210", "PRINTERS__[2010/06/30]-07:41:13"]
+    item = Dataset()
+    item.ValueType = "TEXT"
+    code = Dataset()
+    code.CodeValue = "121008"
+    code.CodingSchemeDesignator = "DCM"
+    code.CodeMeaning = "Person Observer Name"
+    item.ConceptNameCodeSequence = Sequence([code])
+    item.TextValue = "verifying the text of the report"
+    out.ContentSequence = Sequence([item])
+    assert find_in_dataset(out, phi) == []
+    # the patient's own tokens are still searched alone, in free text
+    item.TextValue = "reviewed with smith"
+    assert find_in_dataset(out, phi) == [Finding("(0040,A730)[0].(0040,A160) TextValue", "patient-name")]
+    # without a harvest, a date in long free text is still reported by scan
+    item.TextValue = "prior exam 2019-11-04"
+    assert find_in_dataset(out, None) == [Finding("(0040,A730)[0].(0040,A160) TextValue", "date")]

@@ -23,10 +23,11 @@ import bisect
 import functools
 import logging
 import mmap
-import warnings
 import os
 import re
 import struct
+import unicodedata
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,6 +204,21 @@ class PhiValues:
         """
         return PhiValues(**{f: getattr(self, f) for f in _VALUE_FIELDS if f not in ("dates", "other_dates")},
                          dates=frozenset(d for d in self.dates if not d.isdigit()), encodings=self.encodings)
+
+    def with_identity_of(self, others: Iterable[PhiValues]) -> PhiValues:
+        """This harvest plus the *identity* values (names, ids, UIDs, birth date, addresses, phones,
+        institution, device) of ``others`` — the other files of the same study or patient.
+
+        Why: one file may carry the patient's name only in a transliteration (PatientName in
+        Cyrillic, Greek, Hebrew) while its free text names the patient in Latin letters, as
+        another file of the study has it. A sibling's original UID is pooled too (a reference
+        left unkeyed is a leak). Ordinary dates stay this file's own: pooled, a sibling's real
+        date can equal this file's shifted one.
+        """
+        others = list(others)
+        pooled = PhiValues.union([self, *others])
+        return PhiValues(**{f: getattr(pooled, f) for f in _VALUE_FIELDS if f != "other_dates"},
+                         other_dates=self.other_dates, encodings=pooled.encodings)
 
     def with_min_length(self, n: int) -> PhiValues:
         """Only values of at least ``n`` characters (CJK/kana/hangul: half that). For searching
@@ -480,7 +496,17 @@ def _name_forms(pn: str) -> tuple[set[str], set[str]]:
     full = {_norm(f) for f in full if f and not _t.is_dummy(f)}
     full = {f for f in full if f.lower() not in _t.STOP_TOKENS and len(f) >= 2}
     tokens = {_norm(t) for t in tokens if not _t.is_dummy(t)}
+    # People drop accents when they type a name into a report ("Qörvtrudeck" → "Qorvtrudeck").
+    full |= {_fold(f) for f in full}
+    tokens |= {_fold(t) for t in tokens if _fold(t) not in _t.STOP_TOKENS}
     return full, tokens
+
+
+def _fold(value: str) -> str:
+    """``value`` without diacritics (NFKD, combining marks dropped); unchanged when it has none."""
+    decomposed = unicodedata.normalize("NFKD", value)
+    folded = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return unicodedata.normalize("NFC", folded)
 
 
 def date_forms(value: str, *, rich: bool = True) -> set[str]:

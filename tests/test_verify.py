@@ -554,3 +554,34 @@ def test_kept_vocabulary_and_build_stamps_are_not_findings():
     # without a harvest, a date in long free text is still reported by scan
     item.TextValue = "prior exam 2019-11-04"
     assert find_in_dataset(out, None) == [Finding("(0040,A730)[0].(0040,A160) TextValue", "date")]
+
+
+def test_accents_dropped_in_free_text_are_still_the_name():
+    src = Dataset()
+    src.PatientName = "Qörvtrudeck^Ysoléthrana"
+    phi = harvest(src)
+    ds = Dataset()
+    ds.StudyDescription = "OUTSIDE FILMS for Ysolethrana Qorvtrudeck"
+    assert find_in_dataset(ds, phi) == [Finding("(0008,1030) StudyDescription", "patient-name")]
+
+
+def test_study_level_identity_covers_transliterated_files():
+    """A file whose PatientName is a Cyrillic transliteration, with the Latin name only in its
+    free text: its own harvest cannot know the Latin name; the study's can."""
+    latin = Dataset()
+    latin.PatientName = "Qorvtrudeck^Ysolethrana"
+    latin.SOPInstanceUID = "1.2.3.4.5.1"
+    latin.StudyDate = "20220928"
+    cyr = Dataset()
+    cyr.PatientName = "Времмотлев^Таддвинетта"
+    cyr.SOPInstanceUID = "1.2.3.4.5.2"
+    cyr.StudyDate = "20220927"
+    own = harvest(cyr)
+    study = own.with_identity_of([harvest(latin)])
+    out = Dataset()
+    out.StudyDescription = "OUTSIDE FILMS for Ysolethrana Qorvtrudeck"
+    out.StudyDate = "20220928"  # the shifted date happens to be the sibling's original: no finding
+    assert find_in_dataset(out, own) == []
+    assert find_in_dataset(out, study) == [Finding("(0008,1030) StudyDescription", "patient-name")]
+    out.ReferencedSOPInstanceUID = "1.2.3.4.5.1"  # a reference to the sibling left unkeyed
+    assert Finding("(0008,1155) ReferencedSOPInstanceUID", "uid") in find_in_dataset(out, study)

@@ -141,3 +141,22 @@ def test_binary_non_dicom_files_need_longer_values(trees):
     res = _run(str(dst), "--against", str(src), "--format", "json")
     assert res.exit_code == 1
     assert json.loads(res.output)["files"][0]["file"] == "thumb.bin"
+
+
+def test_pattern_mode_hides_paths_that_hold_the_files_own_name(trees):
+    src, dst = trees
+    case = src / "case0"
+    named = src / "SMITH^JOHN_4455667"
+    case.rename(named)
+    res = _run(str(src))
+    assert res.exit_code == 1
+    assert "smith" not in res.output.lower()
+    assert "file-path: patient-name" in res.output
+    # dicomsafe output: the pseudonym is both PatientName and the first path component
+    out = dst / "K7QZXWBN"
+    (dst / "p000").rename(out)
+    ds = pydicom.dcmread(out / "1.dcm")
+    ds.PatientName = ds.PatientID = "K7QZXWBN"
+    ds.save_as(out / "1.dcm", enforce_file_format=False)
+    res = _run(str(dst))
+    assert res.exit_code == 0, res.output

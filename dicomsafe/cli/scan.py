@@ -126,6 +126,23 @@ def path_findings(rel: str, phi: PhiValues | None, ignore: frozenset[str]) -> li
     return list(dict.fromkeys(out))
 
 
+def own_names(path: Path) -> PhiValues | None:
+    """The names (and birth date) a DICOM file carries itself, to judge its *path* in pattern
+    mode: an identified tree is often laid out as ``SMITH^JOHN_12345/…``. Values equal to the
+    file's own ids are dropped: in dicomsafe output the pseudonym is both the PatientName and the
+    first path component, and that is by design."""
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            phi = harvest(pydicom.dcmread(path, stop_before_pixels=True))
+    except Exception:
+        return None
+    ids = phi.ids | phi.uids
+    return PhiValues(names=phi.names - ids, patient_names=phi.patient_names - ids, dates=phi.dates)
+
+
 @main.command("scan")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--against", "against", type=click.Path(path_type=Path), default=None,
@@ -164,7 +181,9 @@ def scan(ctx: click.Context, path: Path, against: Path | None, fmt: str, ignore:
     with tqdm(total=len(files), unit="file", disable=not show_bar, desc="scan", leave=False) as bar:
         for index, p in enumerate(files, 1):
             rel = p.relative_to(base).as_posix()
-            findings = path_findings(rel, phi, ignored) + scan_file(p, phi, ignored, binary_phi)
+            own = own_names(p) if phi is None and is_dicom_file(p) else None
+            findings = path_findings(rel, phi if phi is not None else own, ignored)
+            findings += scan_file(p, phi, ignored, binary_phi)
             if findings:
                 label = f"#{index}" if any(f.path == "file-path" for f in findings) else rel
                 results.append({"file": label, "findings": [{"path": f.path, "kind": f.kind} for f in findings]})

@@ -67,13 +67,13 @@ def test_single_planted_ssn_exits_1(trees):
     ds = pydicom.dcmread(target)
     ds.ImageComments = "history reviewed, SSN 219-09-9999"
     ds.save_as(target, enforce_file_format=False)
-    for extra in ([], ["--against", str(src)]):
+    for extra, name in (([], "#2"), (["--show-paths"], "p001/1.dcm"), (["--against", str(src)], "p001/1.dcm")):
         res = _run(str(dst), "--format", "json", *extra)
         assert res.exit_code == 1
         report = json.loads(res.output)
         assert report["files_with_findings"] == 1
         assert report["files"] == [
-            {"file": "p001/1.dcm", "findings": [{"path": "(0020,4000) ImageComments", "kind": "ssn"}]}
+            {"file": name, "findings": [{"path": "(0020,4000) ImageComments", "kind": "ssn"}]}
         ]
         assert "219-09-9999" not in res.output and "9999" not in res.output
 
@@ -148,7 +148,7 @@ def test_pattern_mode_hides_paths_that_hold_the_files_own_name(trees):
     case = src / "case0"
     named = src / "SMITH^JOHN_4455667"
     case.rename(named)
-    res = _run(str(src))
+    res = _run(str(src), "--show-paths")
     assert res.exit_code == 1
     assert "smith" not in res.output.lower()
     assert "file-path: patient-name" in res.output

@@ -14,8 +14,8 @@ file or a tree. Exit 1 when anything is found, 0 when clean, 2 on a missing path
   kinds are narrowed (see PhiValues.for_tree_scan).
 
 Non-DICOM files under PATH are byte-scanned too: a leaked notes.txt is still a leak. Findings
-name the file (its relative path, or ``#N`` when the path itself holds PHI), the attribute path
-and the kind — never a value.
+name the file (its relative path, or its position ``#N`` when the path may itself be PHI), the
+attribute path and the kind — never a value.
 """
 
 from __future__ import annotations
@@ -151,9 +151,18 @@ def own_names(path: Path) -> PhiValues | None:
               help="Report format (both PHI-free: attribute paths and kinds, never values).")
 @click.option("--ignore-kind", "ignore", multiple=True, type=click.Choice(sorted(ALL_KINDS)),
               help="Finding kind a profile keeps on purpose (e.g. uid with retain-uids). Repeatable.")
+@click.option("--show-paths", is_flag=True,
+              help="Without --against, name files by relative path instead of position (#N); paths "
+                   "of an identified tree are often PHI themselves.")
 @click.pass_context
-def scan(ctx: click.Context, path: Path, against: Path | None, fmt: str, ignore: tuple[str, ...]) -> None:
-    """Report residual PHI in PATH (a file or a tree). Exit 1 on findings, 0 when clean."""
+def scan(ctx: click.Context, path: Path, against: Path | None, fmt: str, ignore: tuple[str, ...],
+         show_paths: bool) -> None:
+    """Report residual PHI in PATH (a file or a tree). Exit 1 on findings, 0 when clean.
+
+    Files are numbered in a stable order (sorted walk, symlinks not followed). With --against,
+    a file is named by its relative path unless the path holds a harvested value; without it,
+    by its number (#N) unless --show-paths.
+    """
     # Messages never echo the paths: a source path can itself be PHI.
     if not path.exists():
         raise ConfigError("scan: PATH does not exist")
@@ -185,7 +194,8 @@ def scan(ctx: click.Context, path: Path, against: Path | None, fmt: str, ignore:
             findings = path_findings(rel, phi if phi is not None else own, ignored)
             findings += scan_file(p, phi, ignored, binary_phi)
             if findings:
-                label = f"#{index}" if any(f.path == "file-path" for f in findings) else rel
+                hide = any(f.path == "file-path" for f in findings) or (phi is None and not show_paths)
+                label = f"#{index}" if hide else rel
                 results.append({"file": label, "findings": [{"path": f.path, "kind": f.kind} for f in findings]})
                 total += len(findings)
             bar.update(1)

@@ -32,17 +32,19 @@ from .errors import ProfileError
 # Public types
 # --------------------------------------------------------------------------------------------
 
-#: A selector says which data elements an override applies to:
-#:   ("keyword", "PatientName")                      a public attribute by its DICOM keyword
-#:   ("tag", 0x00100010)                             an attribute by its tag (public or private)
+#: A selector says which data elements an override applies to, in the same form as the
+#: profile layer's TagOverride (dicomsafe.profiles), so recipe overrides replace base-profile
+#: overrides of the same attribute:
+#:   ("tag", 0x00100010)                             an attribute by tag (keywords are resolved)
 #:   ("private", 0x0009, "GEMS_IDEN_01", 0x10)       (gggg,xxEE) in the block of that creator
-#:   ("pattern", "contains", "Trial")                run-time match, only for remove/zero (below)
-#: Keyword and tag selectors apply at any depth (inside sequences too), like the table's rows.
+#:   ("pattern", "contains", "Trial")                run-time match (RecipeTranslation.patterns)
+#: Tag selectors apply at any depth (inside sequences too), like the table's rows.
 Selector = Union[tuple[str, str], tuple[str, int], tuple[str, int, str, int], tuple[str, str, str]]
 
-#: Our action vocabulary (CORE_API.md): what an Override.action may be.
-ACTIONS = ("remove", "zero", "dummy", "keep", "clean", "uid", "replace", "pseudonym", "shift",
-           "year", "cap-age")
+#: What an Override.action may be: the plan's codes (dicomsafe.rules): X Z D K C U for the
+#: table actions remove, zero, dummy, keep, clean, uid; and replace, pseudonym, shift, year, cap-age.
+ACTIONS = ("X", "Z", "D", "K", "C", "U", "replace", "pseudonym", "shift", "year", "cap-age")
+_CODE = {"remove": "X", "zero": "Z", "dummy": "D", "keep": "K", "clean": "C", "uid": "U"}
 
 #: deid's own precedence when several recipe lines hit one attribute (deid.dicom.parser):
 #: KEEP > ADD > REPLACE > JITTER > REMOVE > BLANK. We resolve conflicts the same way.
@@ -71,18 +73,22 @@ DIRECT_IDENTIFIERS = frozenset({
 class Override:
     """One explicit action from a recipe, ready to layer over a base profile.
 
-    ``value``: the replacement text for ``replace`` (may contain ``{pseudo_id}``), the fixed
-    number of days for ``shift`` (int; None means the profile's keyed per-patient shift), else None.
-    ``create``: ADD semantics: insert the attribute when absent (only keyword/tag selectors).
-    ``source_line``: line in the recipe file; ``recipe_text``: that line's action and field (never
-    the replacement value, so it can be shown in plans and logs).
-    ``expanded_from``: the recipe's field expression when the selector came from an expander
-    (``contains:Trial``) or a %fields list.
+    Duck-compatible with dicomsafe.profiles.TagOverride (key, selector, action, value, source), so
+    the profile layer and rules.compile_plan consume it as is.
+    ``action``: a plan code from ACTIONS. ``value``: the replacement text for ``replace`` (may
+    contain ``{pseudo_id}``), else None.
+    ``source``: "recipe.deid:LINE"; ``source_line``: LINE.
+    ``create``: the recipe said ADD (insert the attribute when absent).
+    ``recipe_text``: the line's action and field, never the replacement value, so it can be shown
+    in plans and logs. ``expanded_from``: the recipe's field expression when the selector came
+    from an expander (``contains:Trial``) or a %fields list.
     """
 
+    key: str
     selector: Selector
     action: str
-    value: str | int | None = None
+    value: str | None = None
+    source: str = ""
     source_line: int | None = None
     create: bool = False
     recipe_text: str = ""
@@ -129,11 +135,18 @@ class RecipeFilter:
 
 @dataclass
 class RecipeTranslation:
-    """What a recipe means in dicomsafe terms. ``overrides`` holds at most one override per
-    keyword/tag/private selector (deid's precedence applied), then the run-time patterns."""
+    """What a recipe means in dicomsafe terms.
+
+    ``overrides``: at most one per tag/private selector (deid's precedence applied), expanders
+    already expanded over the public data dictionary.
+    ``patterns``: the expanders of REMOVE/BLANK lines as run-time selectors ("pattern", kind,
+    expression), for elements a dictionary cannot list (private and unknown tags). Applying them
+    can only remove more; KEEP/REPLACE expanders never reach private elements.
+    """
 
     source: str
     overrides: list[Override] = field(default_factory=list)
+    patterns: list[Override] = field(default_factory=list)
     filters: list[RecipeFilter] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -191,6 +204,9 @@ def lookup_keyword(word: str) -> str | None:
 # --------------------------------------------------------------------------------------------
 # Pre-scan: structure and line numbers
 # --------------------------------------------------------------------------------------------
+
+#: Attributes the de-identifier writes itself (PS3.15 E.1.1 item 6): ADD of these is redundant.
+_ADDED_BY_CORE = frozenset({0x00120062, 0x00120063, 0x00120064})
 
 _HEADER_ACTIONS = ("ADD", "BLANK", "JITTER", "KEEP", "REPLACE", "REMOVE")
 _FILTER_OPS = ("contains", "notcontains", "equals", "notequals", "missing", "present", "empty")
@@ -338,9 +354,9 @@ def _parse_plain_field(expr: str) -> Selector | None:
         if group % 2 == 1 or tag in _dictionary()[1]:
             return ("tag", tag)
         return None
-    kw = lookup_keyword(expr)
-    if kw:
-        return ("keyword", kw)
+    e = _dictionary()[0].get(expr.lower())
+    if e is not None:
+        return ("tag", e.tag)
     return None
 
 
@@ -401,20 +417,17 @@ def _value_of(raw: object) -> str | None:
 
 
 def _describe(sel: Selector) -> str:
-    if sel[0] == "keyword":
-        return str(sel[1])
+    """Keyword when the tag has one, else (gggg,eeee); private as (gggg,"creator",ee)."""
     if sel[0] == "tag":
         t = int(sel[1])  # type: ignore[arg-type]
-        return f"({t >> 16:04X},{t & 0xFFFF:04X})"
+        e = _dictionary()[1].get(t)
+        return e.keyword if e else f"({t >> 16:04X},{t & 0xFFFF:04X})"
     if sel[0] == "private":
         return f'({sel[1]:04X},"{sel[2]}",{sel[3]:02X})'
     return f"{sel[1]}:{sel[2]}"
 
 
 def _selector_tag(sel: Selector) -> int | None:
-    if sel[0] == "keyword":
-        e = _dictionary()[0].get(str(sel[1]).lower())
-        return e.tag if e else None
     if sel[0] == "tag":
         return int(sel[1])  # type: ignore[arg-type]
     return None
@@ -433,7 +446,7 @@ def _map_value(action: str, value: str | None, source: str, number: int
     low = value.lower()
     if action == "JITTER":
         if re.fullmatch(r"[+-]?\d+", value):
-            return "shift", int(value)
+            return "shift", int(value)  # the caller turns the number into a warning
         if low.startswith("var:"):
             # deid expects the caller to supply per-item jitter values; dicomsafe's caller
             # supplies the keyed per-patient shift from the profile's [dates] shift_days.
@@ -455,7 +468,7 @@ def _map_value(action: str, value: str | None, source: str, number: int
             except ValueError:
                 raise ProfileError("deid_func:jitter needs integer days= / years=",
                                    source=source, line=number) from None
-            return "shift", days
+            return "shift", days  # the caller turns the number into a warning
         raise ProfileError(f"deid_func:{func} is not supported (supported: dicom_uuid, "
                            f"suffix_uuid, basic_uuid, pydicom_uuid, jitter)",
                            source=source, line=number)
@@ -533,7 +546,7 @@ def translate_recipe(path: str | Path) -> RecipeTranslation:
 
     result.overrides = [c.override for c in sorted(
         candidates.values(), key=lambda c: (c.override.source_line or 0, _describe(c.override.selector)))]
-    result.overrides.extend(patterns)
+    result.patterns = patterns
     result.filters = _translate_filters(recipe.get("filter") or {}, scan, source)
     return result
 
@@ -625,9 +638,14 @@ def _translate_action(entry: dict, line: _Line, source: str, fields_lists: dict,
     else:  # pragma: no cover - the scan refuses other words
         raise ProfileError(f"unknown action {action!r}", source=source, line=n)
     if ours == "shift" and isinstance(our_value, int):
-        result.warnings.append(f"line {n}: {action} by a fixed {our_value} days moves every patient "
-                               f"by the same amount (anyone who learns one true date learns all); "
-                               f"'JITTER field var:shift' uses the keyed per-patient shift instead")
+        # A fixed offset for every patient is undone by anyone who learns one true date; the
+        # plan always uses the keyed per-patient shift within the profile's [dates] shift_days.
+        result.warnings.append(f"line {n}: {action} by a fixed {our_value} days is applied as the "
+                               f"keyed per-patient date shift ([dates] shift_days) instead")
+        our_value = None
+    if action == "ADD" and selectors and _selector_tag(selectors[0]) not in _ADDED_BY_CORE:
+        result.warnings.append(f"line {n}: ADD {expr} replaces the value where the attribute is "
+                               f"present; dicomsafe does not insert new attributes")
     if not selectors and pattern is None:
         result.warnings.append(f"line {n}: {recipe_text} matches no known attribute")
 
@@ -657,8 +675,10 @@ def _translate_action(entry: dict, line: _Line, source: str, fields_lists: dict,
             result.warnings.append(msg)
         else:
             result.warnings.extend(weak)
+    code = _CODE.get(ours, ours)
     for sel in selectors:
-        ov = Override(sel, ours, our_value, n, create and sel[0] != "private", recipe_text,
+        ov = Override(_key_of(sel), sel, code, our_value if code == "replace" else None,
+                      f"{source}:{n}", n, create and sel[0] != "private", recipe_text,
                       expanded_from)
         prec = DEID_PRECEDENCE[action]
         old = candidates.get(sel)
@@ -673,8 +693,8 @@ def _translate_action(entry: dict, line: _Line, source: str, fields_lists: dict,
     # elements, which a dictionary expansion cannot list. KEEP/REPLACE patterns never apply to
     # private elements (those stay removed unless on the safe-private list: the stricter side).
     if pattern is not None and ours in ("remove", "zero"):
-        patterns.append(Override(("pattern", pattern[0], pattern[1]), ours, None, n, False,
-                                 recipe_text, expr))
+        patterns.append(Override(f"{pattern[0]}:{pattern[1]}", ("pattern", pattern[0], pattern[1]),
+                                 code, None, f"{source}:{n}", n, False, recipe_text, expr))
 
 
 def _check_replacement(sel: Selector, value: str, source: str, n: int) -> None:
@@ -700,7 +720,7 @@ def _group_line(scan: _Scan, name: str, item: dict) -> int | None:
 def _selectors_for(expr: str, source: str, n: int) -> tuple[list[Selector], tuple[str, str] | None]:
     """Selectors for one field expression, and the pattern when it used an expander."""
     if expr.lower() == "all":
-        return [("keyword", e.keyword) for e in _dictionary()[1].values()], ("all", "")
+        return [("tag", e.tag) for e in _dictionary()[1].values()], ("all", "")
     plain = _parse_plain_field(expr)
     if plain is not None:
         return [plain], None
@@ -713,7 +733,7 @@ def _selectors_for(expr: str, source: str, n: int) -> tuple[list[Selector], tupl
             entries = _expand_pattern(expander, expression)
         except (ValueError, re.error) as exc:
             raise ProfileError(f"bad {expander}: expression ({exc})", source=source, line=n) from None
-        return [("keyword", e.keyword) for e in entries], (expander, expression)
+        return [("tag", e.tag) for e in entries], (expander, expression)
     if split is not None:
         raise ProfileError(f"unknown field expander {split[0]!r}: (deid supports contains:, "
                            f"startswith:, endswith:, except:, select:, fields:, values:, all)",
@@ -744,30 +764,32 @@ def _translate_filters(filters: dict, scan: _Scan, source: str) -> list[RecipeFi
     return out
 
 
-def override_table_key(ov: Override) -> tuple[str, dict[str, object]]:
-    """The override as a profile ``[tags]`` entry: (key, {action, value?, private_creator?}).
+def _key_of(sel: Selector) -> str:
+    """The [tags] key a profile author would write for this selector."""
+    if sel[0] == "tag":
+        return _describe(sel)
+    if sel[0] == "private":
+        return f"({sel[1]:04X},xx{sel[3]:02X})"
+    return f"{sel[1]}:{sel[2]}"
 
-    Lets the profile layer merge recipe overrides with TOML ``[tags]`` in one structure. Pattern
-    selectors have no [tags] spelling and raise ValueError.
-    """
-    sel = ov.selector
-    body: dict[str, object] = {"action": ov.action}
+
+def override_table_entry(ov: Override) -> tuple[str, dict[str, object]]:
+    """The override as a profile ``[tags]`` entry: (key, {action, value?, private_creator?}),
+    e.g. to print a recipe as the equivalent TOML. Patterns have no [tags] spelling."""
+    if ov.selector[0] == "pattern":
+        raise ValueError("pattern overrides have no [tags] key")
+    names = {v: k for k, v in _CODE.items()}
+    body: dict[str, object] = {"action": names.get(ov.action, ov.action)}
     if ov.value is not None:
         body["value"] = ov.value
-    if sel[0] == "keyword":
-        return str(sel[1]), body
-    if sel[0] == "tag":
-        t = int(sel[1])  # type: ignore[arg-type]
-        return f"({t >> 16:04X},{t & 0xFFFF:04X})", body
-    if sel[0] == "private":
-        body["private_creator"] = sel[2]
-        return f"({sel[1]:04X},xx{sel[3]:02X})", body
-    raise ValueError("pattern overrides have no [tags] key")
+    if ov.selector[0] == "private":
+        body["private_creator"] = ov.selector[2]
+    return ov.key, body
 
 
 def summarize(tr: RecipeTranslation) -> Iterable[str]:
     """Human lines for ``profiles show``: one per override, PHI-free (no replacement values)."""
-    for ov in tr.overrides:
+    for ov in [*tr.overrides, *tr.patterns]:
         where = f"line {ov.source_line}" if ov.source_line else ""
         via = f" via {ov.expanded_from}" if ov.expanded_from else ""
         yield f"{_describe(ov.selector):45} {ov.action:9} {where}{via}"

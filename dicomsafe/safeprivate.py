@@ -20,8 +20,9 @@ from pathlib import Path
 
 from .errors import ProfileError
 
-#: Actions a safe-private entry may carry (see the header of safe_private.toml).
-SAFE_PRIVATE_ACTIONS = ("keep", "clean", "uid")
+#: Actions a safe-private entry may carry (see the header of safe_private.toml), and the plan
+#: code each becomes (dicomsafe.rules: K keep, C clean, U keyed UID).
+SAFE_PRIVATE_ACTIONS = {"keep": "K", "clean": "C", "uid": "U"}
 
 #: VRs allowed for a retained private element: the full PS3.5 VR list.
 VALID_VRS = frozenset(
@@ -45,7 +46,7 @@ class SafePrivate:
     vr: str
     vm: str
     name: str
-    action: str  # "keep" | "clean" | "uid"
+    action: str  # plan code: "K" | "C" | "U" (the TOML says keep, clean, uid)
     reason: str
 
     @property
@@ -100,7 +101,8 @@ def _entry(raw: object, index: int, source: str) -> SafePrivate:
     name, reason = str(raw["name"]).strip(), str(raw["reason"]).strip()
     if not name or not reason:
         raise ProfileError(f"{where}: name and reason must not be empty", source=source)
-    return SafePrivate(int(group, 16), creator, int(element, 16), vr, vm, name, action, reason)
+    return SafePrivate(int(group, 16), creator, int(element, 16), vr, vm, name,
+                       SAFE_PRIVATE_ACTIONS[action], reason)
 
 
 def parse_safe_private(text: str, source: str = "safe_private.toml") -> list[SafePrivate]:

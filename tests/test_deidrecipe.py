@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from pydicom.datadict import tag_for_keyword
+
 from dicomsafe.deidrecipe import (
     ACTIONS,
     Override,
     RecipeFilter,
     basic_profile_actions,
-    override_table_key,
+    override_table_entry,
     summarize,
     translate_recipe,
 )
@@ -61,6 +63,10 @@ def by_selector(tr):
     return {o.selector: o for o in tr.overrides}
 
 
+def kw(keyword: str) -> tuple:
+    return ("tag", tag_for_keyword(keyword))
+
+
 @pytest.fixture()
 def good(tmp_path):
     return translate_recipe(write(tmp_path, GOOD))
@@ -68,46 +74,48 @@ def good(tmp_path):
 
 def test_header_actions_map_to_our_vocabulary(good):
     ov = by_selector(good)
-    name = ov[("keyword", "PatientName")]
+    name = ov[kw("PatientName")]
     assert (name.action, name.value, name.source_line) == ("replace", "Research Subject", 16)
-    assert ov[("keyword", "PatientID")].action == "zero"
-    assert ov[("keyword", "PatientID")].source_line == 17
-    assert ov[("keyword", "Modality")].action == "keep"
-    assert ov[("keyword", "StudyInstanceUID")].action == "uid"
-    add = ov[("keyword", "PatientIdentityRemoved")]
+    assert ov[kw("PatientID")].action == "Z"
+    assert ov[kw("PatientID")].source_line == 17
+    assert ov[kw("Modality")].action == "K"
+    assert ov[kw("StudyInstanceUID")].action == "U"
+    add = ov[kw("PatientIdentityRemoved")]
     assert (add.action, add.value, add.create) == ("replace", "YES", True)
-    assert ov[("keyword", "OtherPatientIDs")].value == "{pseudo_id}"
+    assert ov[kw("OtherPatientIDs")].value == "{pseudo_id}"
     assert all(o.action in ACTIONS for o in good.overrides)
+    # duck-compatible with the profile layer's TagOverride
+    assert name.key == "PatientName" and name.source == "recipe.deid:16"
 
 
 def test_jitter_becomes_shift(good):
     ov = by_selector(good)
-    # var: -> the profile's keyed per-patient shift (value None); a number -> fixed days + warning
-    assert (ov[("keyword", "StudyDate")].action, ov[("keyword", "StudyDate")].value) == ("shift", None)
-    assert ov[("keyword", "AcquisitionDate")].value == 30
+    # var: -> the profile's keyed per-patient shift; a fixed number of days is never used as such
+    assert (ov[kw("StudyDate")].action, ov[kw("StudyDate")].value) == ("shift", None)
+    assert (ov[kw("AcquisitionDate")].action, ov[kw("AcquisitionDate")].value) == ("shift", None)
     assert any("line 20" in w and "fixed 30 days" in w for w in good.warnings)
 
 
 def test_expander_is_expanded_over_the_dictionary_and_kept_as_runtime_pattern(good):
-    trial = [o for o in good.overrides if o.expanded_from == "contains:Trial"
-             and o.selector[0] == "keyword"]
-    kws = {o.selector[1] for o in trial}
+    trial = [o for o in good.overrides if o.expanded_from == "contains:Trial"]
+    kws = {o.key for o in trial}
     assert {"ClinicalTrialSponsorName", "ClinicalTrialSubjectID", "ClinicalTrialSiteName"} <= kws
-    assert all(o.action == "remove" and o.source_line == 21 for o in trial)
+    assert all(o.action == "X" and o.source_line == 21 for o in trial)
     # UIDs matching the expander stay with the base profile's keyed UID (removing breaks files)
     assert "ClinicalTrialTimePointID" in kws
-    assert not any(o.selector[1].endswith("UID") for o in trial)
-    pattern = [o for o in good.overrides if o.selector[0] == "pattern"]
-    assert pattern == [Override(("pattern", "contains", "Trial"), "remove", None, 21, False,
-                                "REMOVE contains:Trial", "contains:Trial")]
+    assert not any(o.key.endswith("UID") for o in trial)
+    assert not any(o.selector[0] == "pattern" for o in good.overrides)
+    assert good.patterns == [Override("contains:Trial", ("pattern", "contains", "Trial"), "X", None,
+                                      "recipe.deid:21", 21, False, "REMOVE contains:Trial",
+                                      "contains:Trial")]
 
 
 def test_private_creator_syntax(good):
     ov = by_selector(good)
     keep = ov[("private", 0x0019, "GEMS_ACQU_01", 0x23)]
-    assert keep.action == "keep"
-    assert override_table_key(keep) == ("(0019,xx23)", {"action": "keep",
-                                                        "private_creator": "GEMS_ACQU_01"})
+    assert keep.action == "K"
+    assert override_table_entry(keep) == ("(0019,xx23)", {"action": "keep",
+                                                          "private_creator": "GEMS_ACQU_01"})
     # on the safe-private list: no weakening warning for it
     assert not any("GEMS_ACQU_01" in w for w in good.warnings)
 
@@ -135,9 +143,9 @@ def test_fields_list(tmp_path):
         %header
         BLANK fields:names
         """))
-    kws = {o.selector[1] for o in tr.overrides}
+    kws = {o.key for o in tr.overrides}
     assert {"PatientName", "ReferringPhysicianName"} <= kws
-    assert all(o.action == "zero" and o.expanded_from == "fields:names" for o in tr.overrides)
+    assert all(o.action == "Z" and o.expanded_from == "fields:names" for o in tr.overrides)
 
 
 def test_keep_of_direct_identifier_is_allowed_with_a_loud_warning(tmp_path):
@@ -147,7 +155,7 @@ def test_keep_of_direct_identifier_is_allowed_with_a_loud_warning(tmp_path):
         KEEP PatientName
         KEEP (0009,"GEMS_IDEN_01",10)
         """))
-    assert by_selector(tr)[("keyword", "PatientName")].action == "keep"
+    assert by_selector(tr)[kw("PatientName")].action == "K"
     assert any(w.startswith("line 3:") and "DIRECT IDENTIFIER" in w for w in tr.warnings)
     assert any(w.startswith("line 4:") and "safe-private" in w for w in tr.warnings)
 
@@ -159,9 +167,9 @@ def test_conflicts_follow_deid_precedence(tmp_path):
         REPLACE StudyDescription Research
         REMOVE endswith:Description
         """))
-    desc = by_selector(tr)[("keyword", "StudyDescription")]
+    desc = by_selector(tr)[kw("StudyDescription")]
     assert (desc.action, desc.source_line) == ("replace", 3)  # REPLACE > REMOVE in deid
-    assert by_selector(tr)[("keyword", "SeriesDescription")].action == "remove"
+    assert by_selector(tr)[kw("SeriesDescription")].action == "X"
 
 
 def test_replacement_values_never_appear_in_summaries(good):
@@ -178,7 +186,8 @@ def test_keyword_case_and_tag_forms(tmp_path):
         REMOVE 00101000
         """))
     sels = {o.selector for o in tr.overrides}
-    assert sels == {("keyword", "PatientName"), ("tag", 0x00101040), ("tag", 0x00101000)}
+    assert sels == {kw("PatientName"), ("tag", 0x00101040), ("tag", 0x00101000)}
+    assert {o.key for o in tr.overrides} == {"PatientName", "PatientAddress", "OtherPatientIDs"}
 
 
 def test_basic_table_loaded():
@@ -249,5 +258,5 @@ def test_conditional_remove_is_applied_unconditionally(tmp_path):
         %header
         REMOVE PatientComments func:is_long
         """))
-    assert by_selector(tr)[("keyword", "PatientComments")].action == "remove"
+    assert by_selector(tr)[kw("PatientComments")].action == "X"
     assert any("unconditionally" in w for w in tr.warnings)

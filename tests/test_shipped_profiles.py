@@ -300,3 +300,16 @@ def test_profile_with_deid_recipe_key_layers_recipe_over_its_base(tmp_path):
     Deidentifier(prof, SECRET).transform(ds)
     assert str(ds.PatientName) == "Research Subject" and ds.PatientID == ""
     assert ds.StudyDate != src.StudyDate and ds.StudyDate  # research's keyed shift still applies
+
+
+def test_generated_profile_docs_are_up_to_date():
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen-profile-docs"), "--check"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    doc = (ROOT / "docs" / "profiles.md").read_text("utf-8")
+    for letter in "ABCDEFGHIJKLMNOPQR":
+        assert f"\n| {letter} | " in doc, f"HIPAA identifier kind {letter} missing"
+    assert "data use agreement" in doc

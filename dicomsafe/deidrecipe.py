@@ -195,6 +195,22 @@ def basic_profile_actions() -> dict[int, str]:
     return out
 
 
+@lru_cache(maxsize=1)
+def _repeater_keywords() -> dict[str, str]:
+    """Keywords of repeating-group attributes (overlays 60xx, curves 50xx): lower → canonical."""
+    from pydicom.datadict import RepeatersDictionary
+
+    return {v[4].lower(): v[4] for v in RepeatersDictionary.values() if v[4]}
+
+
+def _suggest(word: str) -> str:
+    import difflib
+
+    names = [e.keyword for e in _dictionary()[1].values()]
+    close = difflib.get_close_matches(word, names, n=1, cutoff=0.85)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
 def lookup_keyword(word: str) -> str | None:
     """Canonical DICOM keyword for ``word`` (deid compares names case-insensitively)."""
     e = _dictionary()[0].get(word.lower())
@@ -320,8 +336,9 @@ def _check_member(line: str, source: str, number: int) -> None:
                            f"{', '.join(_FILTER_OPS)} or coordinates", source=source, line=number)
     for m in re.finditer(r"(?i)\b(" + "|".join(_FILTER_OPS) + r")\s+(\S+)", body):
         fld = m.group(2)
-        if _parse_plain_field(fld) is None:
-            raise ProfileError(f"unknown field {fld!r} in filter", source=source, line=number)
+        if _parse_plain_field(fld) is None and fld.lower() not in _repeater_keywords():
+            raise ProfileError(f"unknown field {fld!r} in filter{_suggest(fld)}",
+                               source=source, line=number)
         if m.group(1).lower() in ("contains", "notcontains", "equals", "notequals"):
             rest = body[m.end():].strip()
             if not rest or rest.startswith(("+", "||")):
@@ -734,12 +751,16 @@ def _selectors_for(expr: str, source: str, n: int) -> tuple[list[Selector], tupl
         except (ValueError, re.error) as exc:
             raise ProfileError(f"bad {expander}: expression ({exc})", source=source, line=n) from None
         return [("tag", e.tag) for e in entries], (expander, expression)
+    if expr.lower() in _repeater_keywords():
+        raise ProfileError(f"{_repeater_keywords()[expr.lower()]} is in a repeating overlay/curve "
+                           f"group (60xx/50xx), which the base profile handles as a whole "
+                           f"(option clean-graphics keeps it cleaned)", source=source, line=n)
     if split is not None:
         raise ProfileError(f"unknown field expander {split[0]!r}: (deid supports contains:, "
                            f"startswith:, endswith:, except:, select:, fields:, values:, all)",
                            source=source, line=n)
     raise ProfileError(f"unknown field {expr!r} (not a DICOM keyword, tag or private "
-                       f'(gggg,"creator",ee) reference)', source=source, line=n)
+                       f'(gggg,"creator",ee) reference){_suggest(expr)}', source=source, line=n)
 
 
 def _translate_filters(filters: dict, scan: _Scan, source: str) -> list[RecipeFilter]:

@@ -260,3 +260,38 @@ def test_conditional_remove_is_applied_unconditionally(tmp_path):
         """))
     assert by_selector(tr)[kw("PatientComments")].action == "X"
     assert any("unconditionally" in w for w in tr.warnings)
+
+
+def test_typos_get_a_suggestion(tmp_path):
+    with pytest.raises(ProfileError, match=r"recipe.deid:3: unknown field 'PatientsName'.*did you mean PatientName\?"):
+        translate_recipe(write(tmp_path, "FORMAT dicom\n%header\nREMOVE PatientsName\n"))
+
+
+def test_overlay_group_keywords(tmp_path):
+    # accepted as filter fields (deid's own recipes test OverlayDescription) ...
+    tr = translate_recipe(write(tmp_path, """\
+        FORMAT dicom
+        %filter graylist
+        LABEL Overlay
+          contains Modality PT
+          + contains OverlayDescription Graphics
+          coordinates 0,0,512,90
+        """))
+    assert tr.filters[0].criteria[1].tests[0].field == "OverlayDescription"
+    # ... but a header action on one group member is refused: the base handles 60xx as a whole
+    with pytest.raises(ProfileError, match=r":3: OverlayData is in a repeating"):
+        translate_recipe(write(tmp_path, "FORMAT dicom\n%header\nKEEP OverlayData\n"))
+
+
+def test_deid_bundled_filter_recipe_imports():
+    """A real recipe shipped with deid (filters only): every LABEL reaches the pixel stage."""
+    import deid
+
+    path = Path(deid.__file__).parent / "data" / "deid.dicom.xray.chest"
+    if not path.is_file():
+        pytest.skip("this deid version ships no chest x-ray recipe")
+    tr = translate_recipe(path)
+    labels = sum(1 for line in path.read_text().splitlines() if line.strip().startswith("LABEL"))
+    assert labels and len(tr.filters) == labels
+    assert {f.section for f in tr.filters} == {"whitelist", "blacklist"}
+    assert all(f.source_line > 0 and f.criteria for f in tr.filters)

@@ -323,5 +323,9 @@ def _apply(ds, info, policy: PixelPolicy, phi, res: rules.RuleResult, out: Pixel
     ))
     out.boxes = tuple(per_frame for _ in range(info.frames))
     if policy.ocr:
-        ds.BurnedInAnnotation = "NO" if out.residual_words == 0 else "YES"
+        # BurnedInAnnotation means "enough burned-in text to identify the patient" (PS3.3
+        # C.7.6.1.1.7): the OCR check found no PHI and no identifier left, so NO is the truth.
+        # Other words tesseract still reads (scale labels, speckle it mistakes for letters) do
+        # not identify anyone; they are counted in residual_words and shown on the review page.
+        ds.BurnedInAnnotation = "NO"
     return out

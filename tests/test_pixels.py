@@ -1,0 +1,481 @@
+"""Burned-in text: deid filter rules, OCR detection, masking per photometric interpretation and
+transfer syntax, verification, review page. Real DICOM files from pydicom's test data, real
+tesseract (skipped with a reason when it is missing), real fonts drawn with Pillow."""
+
+from __future__ import annotations
+
+import copy
+import io
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    RLELossless,
+)
+
+from dicomsafe.errors import ConfigError
+from dicomsafe.pixels import (
+    PixelOutcome,
+    PixelPolicy,
+    Rect,
+    ReviewItem,
+    apply_pixel_policy,
+    evaluate,
+    load_filters,
+    ocr_frames,
+    write_review,
+)
+from dicomsafe.pixels import match, ocr
+from dicomsafe.pixels.policy import _display, _gray
+
+needs_tesseract = pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract not installed")
+
+# Fonts whose zero has no slash or dot (DejaVu Sans Mono's dotted zero reads as "6" or "G").
+FONT_CANDIDATES = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf",
+]
+FONT = next((f for f in FONT_CANDIDATES if Path(f).is_file()), None)
+needs_font = pytest.mark.skipif(FONT is None, reason="no DejaVu/Noto TTF font installed")
+
+NAME, MRN, DOB = "DOE^JOHN", "40817263", "19710203"
+PHI = [NAME, MRN, DOB]
+LINES = ["DOE JOHN  MRN 40817263", "DOB 1971-02-03"]
+
+
+def data_file(name: str) -> str:
+    """Only files shipped in the pydicom wheel (get_testdata_file would download others)."""
+    path = get_testdata_file(name, download=False)
+    assert path, f"{name} is not in the pydicom wheel"
+    return path
+
+
+def glyph_mask(shape: tuple[int, int], lines=LINES, top=True, size=16) -> np.ndarray:
+    """Where the text glyphs are, drawn with a real TTF font into the top or bottom band."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rows, cols = shape
+    img = Image.new("L", (cols, rows), 0)
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.truetype(FONT, size)
+    y = 4 if top else rows - (size + 5) * len(lines) - 2
+    for line in lines:
+        draw.text((6, y), line, fill=255, font=font)
+        y += size + 5
+    return np.asarray(img) > 127
+
+
+def band(shape, top=True, size=16, nlines=2) -> np.ndarray:
+    """The rows the text band occupies (cleared first, like a real screen header)."""
+    rows, cols = shape
+    m = np.zeros(shape, dtype=bool)
+    h = (size + 5) * nlines + 6
+    if top:
+        m[:h, :] = True
+    else:
+        m[rows - h:, :] = True
+    return m
+
+
+def burn(arr: np.ndarray, glyphs: np.ndarray, text_value, band_value, top=True, size=16) -> np.ndarray:
+    out = arr.copy()
+    out[band(glyphs.shape, top, size)] = band_value
+    out[glyphs] = text_value
+    return out
+
+
+def assert_reads_phi(ds: pydicom.Dataset) -> None:
+    """OCR reads the name, the MRN and the birth date (allowing OCR slips) in the input."""
+    words = read_phi(ds)
+    name = match.PhiTokens.from_strings([NAME])
+    mrn = match.PhiTokens.from_strings([MRN])
+    assert any(match._token_matches(w, name) for w in words), "name not read"
+    assert any(match._token_matches(t, mrn) for w in words for t in match.tokens(w)), "MRN not read"
+    assert any(re.search(r"19[7T]1", w) for w in words), "birth date not read"
+
+
+def read_phi(ds: pydicom.Dataset) -> list[str]:
+    """OCR every frame as displayed; return the words that read as the test PHI."""
+    from dicomsafe.pixels import codec
+
+    phi = match.PhiTokens.from_strings(PHI)
+    frames = [(i, _gray(_display(ds, f, pi))) for i, f, pi in codec.iter_frames(ds)]
+    words = ocr_frames(frames)
+    return [w.text for w in match.phi_words(words, phi)]
+
+
+def roundtrip(ds: pydicom.Dataset, tmp_path: Path, name: str) -> pydicom.Dataset:
+    path = tmp_path / name
+    ds.save_as(path, enforce_file_format=True)
+    back = pydicom.dcmread(path)
+    back.pixel_array  # decodes
+    return back
+
+
+def unchanged_share(before: np.ndarray, after: np.ndarray) -> float:
+    same = before == after
+    if same.ndim == 3:
+        same = same.all(axis=-1)
+    return float(same.mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# deid filter rules
+
+
+def test_bundled_recipes_parse_through_deid():
+    fs = load_filters(("dicom", "dicom.ultrasound", "dicom.xray.chest"))
+    groups = {r.group for r in fs.rules}
+    assert groups == {"whitelist", "graylist", "blacklist"}
+    with_coords = [r for r in fs.rules if r.coordinates]
+    assert len(with_coords) > 50  # the CTP/Stanford graylist of device screens
+    ctp = next(r for r in fs.rules if r.label.startswith("Dose Report") and r.coordinates)
+    # ctpcoordinates 0,0,512,110 (x, y, width, height) → deid's x0,y0,x1,y1
+    assert ctp.coordinates[0].spec == "0,0,512,110"
+
+
+def _ge_dose_report() -> pydicom.Dataset:
+    ds = pydicom.dcmread(data_file("CT_small.dcm"))  # CT, ImageType ORIGINAL\PRIMARY\AXIAL
+    ds.Manufacturer = "GE MEDICAL SYSTEMS"
+    ds.CommentsOnRadiationDose = "DLP 512"
+    return ds
+
+
+def test_graylist_rectangle_from_recipe_matches_and_is_masked_without_ocr():
+    ds = _ge_dose_report()
+    fs = load_filters("dicom")
+    res = evaluate(ds, fs, int(ds.Rows), int(ds.Columns))
+    assert "Dose Report Comments" in res.graylist and not res.blacklist
+    # clipped to the 128x128 image
+    assert any(op.rect == Rect(0, 0, 128, 110) and not op.keep for op in res.ops)
+    before = ds.pixel_array.copy()
+    out = apply_pixel_policy(ds, PixelPolicy(ocr=False, filters=("dicom",)), PHI)
+    assert out.quarantine_reason is None and out.changed
+    after = ds.pixel_array
+    assert (after[:110, :] == before.min()).all()
+    assert (after[110:, :] == before[110:, :]).all()
+    assert "BurnedInAnnotation" not in ds  # no OCR check ran: not claimed clean
+
+
+def test_blacklisted_image_without_ocr_is_quarantined():
+    ds = _ge_dose_report()
+    ds.SeriesDescription = "Dose Report"  # deid's Stanford blacklist: text somewhere, place unknown
+    raw = ds.PixelData
+    out = apply_pixel_policy(ds, PixelPolicy(ocr=False), PHI)
+    assert out.quarantine_reason == "burned-in-unlocated" and ds.PixelData == raw
+    assert "Stanford Blacklist Dose Report or External" in out.rule_labels
+
+
+def test_recipe_operators_are_honoured(tmp_path):
+    recipe = tmp_path / "deid.custom"
+    recipe.write_text(
+        "FORMAT dicom\n\n%filter graylist\n\n"
+        "LABEL Either vendor\n  contains Manufacturer ACME\n  || contains Manufacturer SIEMENS\n"
+        "  coordinates 0,0,20,10\n\n"
+        "LABEL Both needed\n  contains Modality CT\n  + contains Manufacturer ACME\n"
+        "  ctpcoordinates 5,5,10,10\n"
+    )
+    fs = load_filters(recipe)
+    ds = pydicom.dcmread(data_file("CT_small.dcm"))
+    ds.Manufacturer = "SIEMENS"
+    res = evaluate(ds, fs, 128, 128)
+    assert res.graylist == ["Either vendor"]  # "||" is or; "+" is and
+    assert [op.rect for op in res.ops] == [Rect(0, 0, 20, 10)]
+    ds.Manufacturer = "ACME"
+    res = evaluate(ds, fs, 128, 128)
+    assert res.graylist == ["Either vendor", "Both needed"]
+    assert Rect(5, 5, 15, 15) in [op.rect for op in res.ops]
+
+
+def test_ultrasound_recipe_keeps_regions_from_sequence():
+    ds = pydicom.dcmread(data_file("examples_rgb_color.dcm"))
+    region = pydicom.Dataset()
+    region.RegionLocationMinX0, region.RegionLocationMinY0 = 20, 40
+    region.RegionLocationMaxX1, region.RegionLocationMaxY1 = 300, 200
+    ds.SequenceOfUltrasoundRegions = [region]
+    fs = load_filters("dicom.ultrasound")
+    res = evaluate(ds, fs, 240, 320)
+    assert [(op.keep, op.rect) for op in res.ops] == [(False, Rect(0, 0, 320, 240)), (True, Rect(20, 40, 300, 200))]
+    before = ds.pixel_array.copy()
+    out = apply_pixel_policy(ds, PixelPolicy(ocr=False, filters=("dicom.ultrasound",)), PHI)
+    assert out.changed
+    after = ds.pixel_array
+    assert (after[40:200, 20:300] == before[40:200, 20:300]).all()
+    assert (after[:40] == 0).all() and (after[200:] == 0).all()
+    # the recipe object is not mutated by evaluation (deid's own detector writes back into it)
+    assert res.ops == evaluate(ds, fs, 240, 320).ops
+
+
+def test_missing_or_malformed_recipe_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError):
+        load_filters(tmp_path / "nope.deid")
+    bad = tmp_path / "deid.bad"
+    bad.write_text("FORMAT dicom\n\n%filter graylist\n\nLABEL x\n  contains Modality CT\n  coordinates 1,2,3\n")
+    with pytest.raises(ConfigError):
+        apply_pixel_policy(pydicom.dcmread(data_file("CT_small.dcm")), PixelPolicy(ocr=False, filters=(str(bad),)), [])
+
+
+def test_flagged_image_without_ocr_or_rule_is_quarantined():
+    ds = pydicom.dcmread(data_file("examples_rgb_color.dcm"))  # US: annotation modality
+    raw = ds.PixelData
+    out = apply_pixel_policy(ds, PixelPolicy(ocr=False, filters=()), PHI)
+    assert out.quarantine_reason == "burned-in-unlocated" and not out.changed
+    assert ds.PixelData == raw
+    ds.RecognizableVisualFeatures = "YES"
+    assert apply_pixel_policy(ds, PixelPolicy(ocr=False), PHI).quarantine_reason == "recognizable-visual-features"
+
+
+def test_keep_policy_touches_nothing():
+    ds = pydicom.dcmread(data_file("examples_rgb_color.dcm"))
+    raw = ds.PixelData
+    out = apply_pixel_policy(ds, PixelPolicy(burned_in="keep"), PHI)
+    assert out == PixelOutcome() and ds.PixelData == raw
+
+
+def test_policy_validation():
+    with pytest.raises(ConfigError):
+        PixelPolicy(burned_in="blur")
+    with pytest.raises(ConfigError):
+        PixelPolicy(margin=-1)
+
+
+def test_ocr_requested_without_tesseract_is_a_config_error(monkeypatch, tmp_path):
+    # Not a mock of a library: we point the documented override at a path with no binary.
+    monkeypatch.setenv("DICOMSAFE_TESSERACT", str(tmp_path / "no-tesseract"))
+    ds = pydicom.dcmread(data_file("examples_rgb_color.dcm"))
+    with pytest.raises(ConfigError, match="tesseract"):
+        apply_pixel_policy(ds, PixelPolicy(ocr=True), PHI)
+
+
+# ---------------------------------------------------------------------------------------------
+# PHI matching (pure)
+
+
+def _w(text, conf=90.0, line=(0, 1, 1, 1)):
+    return ocr.Word(0, Rect(0, 0, 10, 10), conf, text, line)
+
+
+def test_phi_matching_is_fuzzy_and_catches_identifier_patterns():
+    phi = match.PhiTokens.from_strings(PHI)
+    assert match.word_is_phi(_w("J0HN"), phi)  # OCR confusion O/0
+    assert match.word_is_phi(_w("DOF,"), phi) is False  # 3-letter tokens must match exactly
+    assert match.word_is_phi(_w("4O817Z63"), phi)  # fold + distance
+    assert match.word_is_phi(_w("03/02/1971"), phi)  # date pattern
+    assert match.word_is_phi(_w("123-45-6789"), phi)  # SSN pattern
+    assert match.word_is_phi(_w("884213"), phi)  # digit run >= 5
+    assert not match.word_is_phi(_w("LYMPH"), phi)
+    assert not match.word_is_phi(_w("1234"), phi)
+    # split across words on one line: "4081 7263"
+    hits = match.phi_words([_w("MRN"), _w("4081"), _w("7263")], phi)
+    assert len(hits) == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end: burned-in text, real files, every transfer syntax and photometric interpretation
+
+
+def _check_masked(ds, out, glyphs, before_display, tmp_path, name):
+    assert out.quarantine_reason is None, out.quarantine_reason
+    assert out.changed and out.ocr_used
+    back = roundtrip(ds, tmp_path, name)
+    assert read_phi(back) == []
+    from dicomsafe.pixels import codec
+
+    for i, frame, pi in codec.iter_frames(back):
+        disp = _display(back, frame, pi)
+        share = unchanged_share(before_display[i], disp)
+        assert share >= 0.85, share
+        g = disp if disp.ndim == 2 else disp.max(axis=-1)
+        assert int(g[glyphs].max()) <= 40  # every glyph pixel now displays (near) black
+    assert back.BurnedInAnnotation == "NO"
+    return back
+
+
+def _displays(ds):
+    from dicomsafe.pixels import codec
+
+    return [_display(ds, f, pi) for _, f, pi in codec.iter_frames(ds)]
+
+
+@needs_tesseract
+@needs_font
+@pytest.mark.parametrize("top", [True, False], ids=["top-band", "bottom-band"])
+def test_rgb_ultrasound_native(tmp_path, top):
+    ds = pydicom.dcmread(data_file("examples_rgb_color.dcm"))  # real US, RGB, 240x320
+    glyphs = glyph_mask((240, 320), top=top)
+    ds.PixelData = burn(ds.pixel_array, glyphs, 255, 0, top).tobytes()
+    before = _displays(ds)
+    assert_reads_phi(ds)
+    out = apply_pixel_policy(ds, PixelPolicy(), PHI)
+    back = _check_masked(ds, out, glyphs, before, tmp_path, "rgb.dcm")
+    assert back.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert out.before_png and out.after_png and out.boxes and len(out.boxes) == 1
+
+
+@needs_tesseract
+@needs_font
+def test_rle_input_reencoded_as_rle(tmp_path):
+    ds = pydicom.dcmread(data_file("examples_rgb_color.dcm"))
+    glyphs = glyph_mask((240, 320))
+    ds.PixelData = burn(ds.pixel_array, glyphs, 255, 0).tobytes()
+    ds.compress(RLELossless, encoding_plugin="pydicom")
+    before = _displays(ds)
+    assert_reads_phi(ds)
+    out = apply_pixel_policy(ds, PixelPolicy(), PHI)
+    back = _check_masked(ds, out, glyphs, before, tmp_path, "rle.dcm")
+    assert back.file_meta.TransferSyntaxUID == RLELossless
+
+
+def _jpeg_frames(frames_rgb, subsampling=1):
+    from PIL import Image
+
+    out = []
+    for f in frames_rgb:
+        buf = io.BytesIO()
+        Image.fromarray(f, "RGB").save(buf, format="JPEG", quality=95, subsampling=subsampling)
+        out.append(buf.getvalue())
+    return out
+
+
+@needs_tesseract
+@needs_font
+def test_jpeg_baseline_ybr422_multiframe(tmp_path):
+    ds = pydicom.dcmread(data_file("examples_ybr_color.dcm"))  # real US cine, JPEG baseline YBR_FULL_422
+    assert ds.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
+    from dicomsafe.pixels import codec
+
+    frames = [f for i, f, _ in codec.iter_frames(ds, indices=[0, 10, 20])]
+    glyphs = glyph_mask((240, 320), top=False)
+    burned = [burn(f, glyphs, 255, 0, top=False) for f in frames]
+    ds.PixelData = encapsulate(_jpeg_frames(burned))  # 4:2:2, like the original
+    ds.NumberOfFrames = 3
+    ds.PhotometricInterpretation = "YBR_FULL_422"
+    before = _displays(ds)
+    assert_reads_phi(ds)
+    out = apply_pixel_policy(ds, PixelPolicy(), PHI)
+    back = _check_masked(ds, out, glyphs, before, tmp_path, "jpeg.dcm")
+    assert back.file_meta.TransferSyntaxUID == RLELossless
+    assert back.PhotometricInterpretation == "RGB" and back.NumberOfFrames == 3
+    assert back.LossyImageCompression == "01"  # the source was lossy; that stays on record
+    assert len(out.boxes) == 3 and out.boxes[0] == out.boxes[2]  # same regions in every frame
+
+
+@needs_tesseract
+@needs_font
+def test_jpeg2000_lossless_color(tmp_path):
+    ds = pydicom.dcmread(data_file("examples_jpeg2k.dcm"))  # real US, J2K lossless YBR_RCT, 480x640
+    arr = ds.pixel_array
+    glyphs = glyph_mask(arr.shape[:2], size=24)
+    burned = burn(arr, glyphs, 255, 0, size=24)
+    ds.PhotometricInterpretation = "RGB"
+    ds.compress(JPEG2000Lossless, burned, encoding_plugin="pylibjpeg")
+    before = _displays(ds)
+    assert_reads_phi(ds)
+    out = apply_pixel_policy(ds, PixelPolicy(), PHI)
+    back = _check_masked(ds, out, glyphs, before, tmp_path, "j2k.dcm")
+    assert back.file_meta.TransferSyntaxUID == RLELossless
+
+
+@needs_tesseract
+@needs_font
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_signed_16bit_monochrome(tmp_path, photometric):
+    ds = pydicom.dcmread(data_file("693_J2KI.dcm"))  # CT 512x512, signed 16-bit, J2K irreversible
+    arr = ds.pixel_array[::2, ::2].copy()  # 256x256 keeps OCR cheap
+    ds.decompress()
+    ds.Rows, ds.Columns = arr.shape
+    glyphs = glyph_mask(arr.shape)
+    lo, hi = int(arr.min()), int(arr.max())
+    # text displays white: max value in MONOCHROME2, min value in MONOCHROME1
+    text, bg = (hi, lo) if photometric == "MONOCHROME2" else (lo, hi)
+    ds.PhotometricInterpretation = photometric
+    ds.PixelData = burn(arr, glyphs, text, bg).astype("<i2").tobytes()
+    before = _displays(ds)
+    assert_reads_phi(ds)
+    out = apply_pixel_policy(ds, PixelPolicy(), PHI)
+    back = _check_masked(ds, out, glyphs, before, tmp_path, "mono.dcm")
+    assert back.PixelRepresentation == 1 and back.BitsAllocated == 16
+    assert back.pixel_array.dtype == np.int16
+
+
+@needs_tesseract
+@needs_font
+def test_palette_color(tmp_path):
+    ds = pydicom.dcmread(data_file("examples_palette.dcm"))  # real US, PALETTE COLOR 350x800
+    arr = ds.pixel_array[:, :480].copy()
+    ds.Columns = 480
+    from dicomsafe.pixels import codec
+
+    lut = codec.palette_rgb(ds, np.arange(256, dtype=np.uint8)).astype(int).sum(axis=1)
+    white, black = int(np.argmax(lut)), int(np.argmin(lut))
+    glyphs = glyph_mask(arr.shape)
+    ds.PixelData = burn(arr, glyphs, white, black).tobytes()
+    before = _displays(ds)
+    assert_reads_phi(ds)
+    out = apply_pixel_policy(ds, PixelPolicy(), PHI)
+    back = _check_masked(ds, out, glyphs, before, tmp_path, "palette.dcm")
+    assert back.PhotometricInterpretation == "PALETTE COLOR"
+
+
+@needs_tesseract
+@needs_font
+def test_quarantine_policy_and_residue(tmp_path):
+    ds = pydicom.dcmread(data_file("examples_rgb_color.dcm"))
+    glyphs = glyph_mask((240, 320))
+    ds.PixelData = burn(ds.pixel_array, glyphs, 255, 0).tobytes()
+    raw = ds.PixelData
+    out = apply_pixel_policy(ds, PixelPolicy(burned_in="quarantine"), PHI)
+    assert out.quarantine_reason == "burned-in-text" and ds.PixelData == raw
+    # fail closed: with masking limited to nothing (confidence never reached) the PHI is still
+    # read after "masking" → residue → quarantine, dataset untouched
+    out = apply_pixel_policy(ds, PixelPolicy(min_conf=101.0 - 1, margin=0, max_rounds=1), [])
+    assert out.quarantine_reason is None or out.quarantine_reason == "pixel-phi-residue"
+
+
+@needs_tesseract
+def test_clean_image_is_left_alone():
+    ds = pydicom.dcmread(data_file("CT_small.dcm"))  # no text
+    raw = ds.PixelData
+    out = apply_pixel_policy(ds, PixelPolicy(filters=()), PHI)
+    assert out.quarantine_reason is None and not out.changed and ds.PixelData == raw
+
+
+# ---------------------------------------------------------------------------------------------
+# Review page
+
+
+def test_review_page_references_existing_pngs(tmp_path):
+    from PIL import Image
+
+    def png(v):
+        buf = io.BytesIO()
+        Image.new("L", (8, 8), v).save(buf, format="PNG")
+        return buf.getvalue()
+
+    masked = PixelOutcome(changed=True, boxes=((Rect(0, 0, 4, 4),),), before_png=png(255), after_png=png(0))
+    quarantined = PixelOutcome(quarantine_reason="pixel-phi-residue", before_png=png(255), after_png=png(9))
+    untouched = PixelOutcome()
+    index = write_review(tmp_path / "review", [ReviewItem("f0001", masked), ReviewItem("k3x9", quarantined),
+                                              ReviewItem("f0003", untouched)])
+    page = index.read_text()
+    refs = re.findall(r'src="([^"]+)"', page)
+    assert sorted(refs) == ["f0001-after.png", "f0001-before.png", "k3x9-after.png", "k3x9-before.png"]
+    for ref in refs:
+        assert (index.parent / ref).is_file()
+        Image.open(index.parent / ref).verify()
+    assert "pixel-phi-residue" in page and "f0003" not in page
+    assert "http" not in page  # no network assets
+    with pytest.raises(ConfigError):
+        write_review(tmp_path / "r2", [ReviewItem("../evil", masked)])
+    with pytest.raises(ConfigError):
+        write_review(tmp_path / "dst" / "review", [ReviewItem("a", masked)], forbid_under=tmp_path / "dst")

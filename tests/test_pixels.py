@@ -436,10 +436,37 @@ def test_quarantine_policy_and_residue(tmp_path):
     raw = ds.PixelData
     out = apply_pixel_policy(ds, PixelPolicy(burned_in="quarantine"), PHI)
     assert out.quarantine_reason == "burned-in-text" and ds.PixelData == raw
-    # fail closed: with masking limited to nothing (confidence never reached) the PHI is still
-    # read after "masking" → residue → quarantine, dataset untouched
-    out = apply_pixel_policy(ds, PixelPolicy(min_conf=101.0 - 1, margin=0, max_rounds=1), [])
-    assert out.quarantine_reason is None or out.quarantine_reason == "pixel-phi-residue"
+    # the verdict applied after masking: words that still read as PHI fail the file
+    from dicomsafe.pixels import codec
+    from dicomsafe.pixels.policy import residue_reason
+
+    frames = [(i, _gray(_display(ds, f, pi))) for i, f, pi in codec.iter_frames(ds)]
+    words = ocr_frames(frames)
+    assert residue_reason(words, match.PhiTokens.from_strings(PHI)) == "pixel-phi-residue"
+    # identifier patterns fail it even when the harvested values are unknown (MRN digits, date)
+    assert residue_reason(words, match.PhiTokens.from_strings([])) == "pixel-phi-residue"
+    masked_words = [w for w in words if w.rect.y0 > 60]  # what remains below the text band
+    assert residue_reason(masked_words, match.PhiTokens.from_strings(PHI)) is None
+
+
+@needs_tesseract
+@needs_font
+def test_multiframe_native_reads_changed_frames_and_masks_every_frame(tmp_path):
+    ds = pydicom.dcmread(data_file("examples_rgb_color.dcm"))
+    base = burn(ds.pixel_array, glyph_mask((240, 320), lines=["LYMPH SCAN"]), 255, 0)
+    glyphs = glyph_mask((240, 320), top=False)
+    late = burn(base, glyphs, 255, 0, top=False)  # the PHI appears in the last frame only
+    ds.PixelData = np.stack([base, base, base, late]).tobytes()
+    ds.NumberOfFrames = 4
+    out = apply_pixel_policy(ds, PixelPolicy(), PHI)
+    assert out.quarantine_reason is None and out.changed
+    assert out.frames_ocr == 2  # frames 1 and 2 equal frame 0: not read again
+    back = roundtrip(ds, tmp_path, "multi.dcm")
+    assert read_phi(back) == []
+    arr = back.pixel_array
+    for i in range(4):  # the boxes found in frame 3 are blanked in every frame
+        assert (arr[i][glyphs] == 0).all()
+        assert unchanged_share(base if i < 3 else late, arr[i]) >= 0.85
 
 
 @needs_tesseract

@@ -53,6 +53,7 @@ REASONS = {
     "pixel-module-invalid": "the Image Pixel module is missing or malformed",
     "pixel-no-transfer-syntax": "no transfer syntax in the file meta",
     "palette-invalid": "the palette lookup tables are missing or malformed",
+    "pixel-float-unsupported": "float pixel data cannot be read by OCR or masked",
 }
 
 #: Luminance change (8-bit) and share of pixels that make a frame "materially different".
@@ -117,7 +118,8 @@ class PixelOutcome:
     words_found: int = 0  # OCR words counted as text before masking
     residual_words: int = 0  # OCR words counted as text after masking
     transfer_syntax: str | None = None  # output transfer syntax UID when changed
-    rounds: int = 0
+    rounds: int = 0  # masking rounds run (a second one blanks text the first re-check still read)
+    frames_ocr: int = 0  # frames read by OCR before masking (identical neighbours are skipped)
 
     @property
     def needs_review(self) -> bool:
@@ -179,7 +181,7 @@ class _Reader:
             self._batch = []
 
 
-def _detect(ds: Dataset, info: codec.PixelInfo, policy: PixelPolicy) -> tuple[list[ocr.Word], bytes | None]:
+def _detect(ds: Dataset, info: codec.PixelInfo, policy: PixelPolicy) -> tuple[list[ocr.Word], bytes | None, int]:
     reader = _Reader(policy.ocr_lang)
     thumb = None
     for idx, frame, pi in codec.iter_frames(ds):
@@ -188,7 +190,12 @@ def _detect(ds: Dataset, info: codec.PixelInfo, policy: PixelPolicy) -> tuple[li
             thumb = _png(disp)
         reader.feed(idx, _gray(disp))
     reader.flush()
-    return reader.words, thumb
+    return reader.words, thumb, reader.frames_read
+
+
+def residue_reason(words: Sequence[ocr.Word], phi: match.PhiTokens) -> str | None:
+    """The verdict on a masked image: any word still reading as PHI or an identifier fails it."""
+    return "pixel-phi-residue" if match.phi_words(words, phi) else None
 
 
 def _text_boxes(words: Iterable[ocr.Word], phi: match.PhiTokens, min_conf: float) -> list[Rect]:
@@ -247,7 +254,9 @@ def apply_pixel_policy(ds: Dataset, policy: PixelPolicy, phi_strings: Iterable[s
         info = codec.pixel_info(ds)
     except codec.UnsupportedPixels as exc:
         if exc.code == "no-pixel-data":
-            return out  # nothing to clean
+            if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+                out.quarantine_reason = "pixel-float-unsupported"
+            return out  # no pixels: nothing to clean
         out.quarantine_reason = exc.code
         return out
     if rules.recognizable_features(ds):
@@ -272,7 +281,7 @@ def apply_pixel_policy(ds: Dataset, policy: PixelPolicy, phi_strings: Iterable[s
 def _apply(ds, info, policy: PixelPolicy, phi, res: rules.RuleResult, out: PixelOutcome) -> PixelOutcome:
     words: list[ocr.Word] = []
     if policy.ocr:
-        words, out.before_png = _detect(ds, info, policy)
+        words, out.before_png, out.frames_ocr = _detect(ds, info, policy)
     text_boxes = _text_boxes(words, phi, policy.min_conf) if words else []
     out.words_found = sum(1 for w in words if match.is_text(w, policy.min_conf))
 
@@ -309,8 +318,8 @@ def _apply(ds, info, policy: PixelPolicy, phi, res: rules.RuleResult, out: Pixel
         boxes = maskmod.boxes_to_rects(boxes + residual)
 
     out.residual_words = sum(1 for w in last_words if match.is_text(w, policy.min_conf))
-    if policy.ocr and match.phi_words(last_words, phi):
-        out.quarantine_reason = "pixel-phi-residue"
+    if policy.ocr and (reason := residue_reason(last_words, phi)):
+        out.quarantine_reason = reason
         return out
 
     assert sink is not None

@@ -477,6 +477,38 @@ def test_clean_image_is_left_alone():
     assert out.quarantine_reason is None and not out.changed and ds.PixelData == raw
 
 
+@needs_tesseract
+@needs_font
+def test_cli_check_reports_boxes_without_text(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    ds = pydicom.dcmread(data_file("examples_rgb_color.dcm"))
+    ds.PixelData = burn(ds.pixel_array, glyph_mask((240, 320)), 255, 0).tobytes()
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = NAME, MRN, DOB
+    burned = tmp_path / "a.dcm"
+    ds.save_as(burned, enforce_file_format=True)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not dicom")
+    review = tmp_path / "review"
+    proc = subprocess.run(
+        [sys.executable, "-m", "dicomsafe", "pixels", "check", "--json", "--review", str(review),
+         str(burned), data_file("CT_small.dcm"), str(notes)],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.returncode == 1, proc.stderr
+    recs = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["status"] for r in recs] == ["text", "clean", "unreadable"]
+    assert recs[0]["phi_words"] >= 3 and len(recs[0]["boxes"]) >= 3
+    for value in ("DOE", "JOHN", MRN, "1971", "a.dcm", "notes"):
+        assert value not in proc.stdout and value not in proc.stderr
+    assert (review / "file00001-before.png").is_file()
+    clean = subprocess.run([sys.executable, "-m", "dicomsafe", "pixels", "check", data_file("CT_small.dcm")],
+                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert clean.returncode == 0 and clean.stdout.startswith("#1: clean")
+
+
 # ---------------------------------------------------------------------------------------------
 # Review page
 

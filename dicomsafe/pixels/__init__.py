@@ -11,7 +11,7 @@ See docs/pixels.md.
 
 from .codec import PixelInfo, UnsupportedPixels, pixel_info
 from .ocr import OcrError, Word, ocr_frames, tesseract_path
-from .policy import REASONS, PixelOutcome, PixelPolicy, apply_pixel_policy
+from .policy import REASONS, PixelOutcome, PixelPolicy, TextReport, apply_pixel_policy, find_text
 from .review import ReviewItem, write_review
 from .rules import BUNDLED_RECIPES, DEFAULT_RECIPES, FilterSet, Rect, RuleResult, evaluate, load_filters
 
@@ -25,12 +25,14 @@ __all__ = [
     "PixelPolicy",
     "REASONS",
     "Rect",
+    "TextReport",
     "ReviewItem",
     "RuleResult",
     "UnsupportedPixels",
     "Word",
     "apply_pixel_policy",
     "evaluate",
+    "find_text",
     "load_filters",
     "ocr_frames",
     "pixel_info",

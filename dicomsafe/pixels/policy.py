@@ -338,3 +338,50 @@ def _apply(ds, info, policy: PixelPolicy, phi, res: rules.RuleResult, out: Pixel
         # not identify anyone; they are counted in residual_words and shown on the review page.
         ds.BurnedInAnnotation = "NO"
     return out
+
+
+@dataclass
+class TextReport:
+    """Where text is, without changing anything (``dicomsafe pixels check``). PHI-free."""
+
+    frames: int = 0
+    frames_ocr: int = 0
+    boxes: tuple[Rect, ...] = ()  # rule rectangles to blank + word boxes (before margins)
+    words: int = 0  # confident words
+    phi_words: int = 0  # words that read as the given PHI values or as identifiers
+    rule_labels: tuple[str, ...] = ()
+    flags: tuple[str, ...] = ()
+    problem: str | None = None  # a reason code when the pixels could not be read
+    before_png: bytes | None = None
+
+
+def find_text(ds: Dataset, policy: PixelPolicy, phi_strings: Iterable[str]) -> TextReport:
+    """Locate text (rules, flags, OCR if the policy asks) and report it; ``ds`` is not modified."""
+    if policy.ocr:
+        ocr.require_tesseract()
+    phi = match.PhiTokens.from_strings(phi_strings)
+    rep = TextReport()
+    try:
+        info = codec.pixel_info(ds)
+    except codec.UnsupportedPixels as exc:
+        rep.problem = None if exc.code == "no-pixel-data" else exc.code
+        return rep
+    rep.frames = info.frames
+    res = rules.evaluate(ds, policy.filter_set(), info.rows, info.cols)
+    rep.rule_labels = tuple(res.graylist + res.blacklist)
+    rep.flags = tuple(res.flags)
+    rects = [op.rect for op in res.ops if not op.keep]
+    if policy.ocr:
+        try:
+            words, rep.before_png, rep.frames_ocr = _detect(ds, info, policy)
+        except codec.UnsupportedPixels as exc:
+            rep.problem = exc.code
+            return rep
+        except ocr.OcrError:
+            rep.problem = "ocr-failed"
+            return rep
+        rects += _text_boxes(words, phi, policy.min_conf)
+        rep.words = sum(1 for w in words if match.is_text(w, policy.min_conf))
+        rep.phi_words = len(match.phi_words(words, phi))
+    rep.boxes = tuple(maskmod.boxes_to_rects(rects))
+    return rep

@@ -231,6 +231,7 @@ def test_flagged_image_without_ocr_or_rule_is_quarantined():
     out = apply_pixel_policy(ds, PixelPolicy(ocr=False, filters=()), PHI)
     assert out.quarantine_reason == "burned-in-unlocated" and not out.changed
     assert ds.PixelData == raw
+    assert out.before_png.startswith(b"\x89PNG") and out.after_png is None  # for the review page
     ds.RecognizableVisualFeatures = "YES"
     assert apply_pixel_policy(ds, PixelPolicy(ocr=False), PHI).quarantine_reason == "recognizable-visual-features"
 
@@ -255,6 +256,78 @@ def test_ocr_requested_without_tesseract_is_a_config_error(monkeypatch, tmp_path
     ds = pydicom.dcmread(data_file("examples_rgb_color.dcm"))
     with pytest.raises(ConfigError, match="tesseract"):
         apply_pixel_policy(ds, PixelPolicy(ocr=True), PHI)
+
+
+# ---------------------------------------------------------------------------------------------
+# Codec matrix: rule rectangle masked (no OCR), every transfer syntax and pixel layout
+
+CORNER = "FORMAT dicom\n\n%filter graylist\n\nLABEL Corner\n  coordinates 0,0,12,8\n"
+
+
+def _planar1_rgb() -> pydicom.Dataset:
+    ds = pydicom.dcmread(data_file("examples_rgb_color.dcm"))
+    ds.PixelData = np.ascontiguousarray(ds.pixel_array.transpose(2, 0, 1)).tobytes()
+    ds.PlanarConfiguration = 1
+    return ds
+
+
+def _mono1() -> pydicom.Dataset:
+    ds = pydicom.dcmread(data_file("CT_small.dcm"))
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    return ds
+
+
+CODEC_CASES = {
+    # name: (loader, expected output transfer syntax, expected photometric)
+    "rle-mono16": (lambda: pydicom.dcmread(data_file("MR_small_RLE.dcm")), RLELossless, "MONOCHROME2"),
+    "jpegls-lossless": (lambda: pydicom.dcmread(data_file("MR_small_jpeg_ls_lossless.dcm")), RLELossless, "MONOCHROME2"),
+    "j2k-lossless": (lambda: pydicom.dcmread(data_file("MR_small_jp2klossless.dcm")), RLELossless, "MONOCHROME2"),
+    "jpeg-extended-12bit": (lambda: pydicom.dcmread(data_file("JPGExtended.dcm")), RLELossless, "MONOCHROME2"),
+    "jpegls-near-lossless-rgb": (lambda: pydicom.dcmread(data_file("SC_rgb_jls_lossy_line.dcm")), RLELossless, "RGB"),
+    "jpeg-baseline-ybr-full": (lambda: pydicom.dcmread(data_file("SC_rgb_jpeg_dcmtk.dcm")), RLELossless, "RGB"),
+    "rle-rgb16-2frame": (lambda: pydicom.dcmread(data_file("SC_rgb_rle_16bit_2frame.dcm")), RLELossless, "RGB"),
+    "native-ybr422": (lambda: pydicom.dcmread(data_file("SC_ybr_full_422_uncompressed.dcm")), ExplicitVRLittleEndian, "RGB"),
+    "big-endian-rgb-planar": (lambda: pydicom.dcmread(data_file("ExplVR_BigEnd.dcm")), ExplicitVRLittleEndian, "RGB"),
+    "big-endian-mono16": (lambda: pydicom.dcmread(data_file("MR_small_bigendian.dcm")), ExplicitVRLittleEndian, "MONOCHROME2"),
+    "native-rgb-planar1": (_planar1_rgb, ExplicitVRLittleEndian, "RGB"),
+    "native-mono1-signed": (_mono1, ExplicitVRLittleEndian, "MONOCHROME1"),
+    "implicit-mono16": (lambda: pydicom.dcmread(data_file("MR_small_implicit.dcm")), "1.2.840.10008.1.2", "MONOCHROME2"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CODEC_CASES))
+def test_rule_mask_each_transfer_syntax(case, tmp_path):
+    loader, want_ts, want_pi = CODEC_CASES[case]
+    recipe = tmp_path / "deid.corner"
+    recipe.write_text(CORNER)
+    ds = loader()
+    from dicomsafe.pixels import codec
+
+    before = [f.copy() for _, f, _ in codec.iter_frames(ds)]
+    out = apply_pixel_policy(ds, PixelPolicy(ocr=False, filters=(str(recipe),)), [])
+    assert out.quarantine_reason is None and out.changed, out.quarantine_reason
+    assert str(out.transfer_syntax) == str(want_ts)
+    back = roundtrip(ds, tmp_path, f"{case}.dcm")
+    assert back.file_meta.TransferSyntaxUID == want_ts and back.PhotometricInterpretation == want_pi
+    after = [f for _, f, _ in codec.iter_frames(back)]
+    assert len(after) == len(before)
+    for b, a in zip(before, after):
+        mono1 = want_pi == "MONOCHROME1"
+        black = (b.max() if mono1 else b.min()) if b.ndim == 2 else 0
+        assert (a[:8, :12] == black).all()
+        region = np.ones(a.shape[:2], dtype=bool)
+        region[:8, :12] = False
+        assert (a[region] == b[region]).all()  # lossless: every other pixel identical
+
+
+def test_undecodable_pixels_are_quarantined_not_raised(tmp_path):
+    # JPEG-lossy.dcm has a JPEG stream the installed decoders reject: fail closed, no traceback.
+    recipe = tmp_path / "deid.corner"
+    recipe.write_text(CORNER)
+    ds = pydicom.dcmread(data_file("JPEG-lossy.dcm"))
+    raw = ds.PixelData
+    out = apply_pixel_policy(ds, PixelPolicy(ocr=False, filters=(str(recipe),)), [])
+    assert out.quarantine_reason == "pixel-decode-failed" and not out.changed and ds.PixelData == raw
 
 
 # ---------------------------------------------------------------------------------------------

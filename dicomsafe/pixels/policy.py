@@ -261,21 +261,31 @@ def apply_pixel_policy(ds: Dataset, policy: PixelPolicy, phi_strings: Iterable[s
         return out
     if rules.recognizable_features(ds):
         out.quarantine_reason = "recognizable-visual-features"
-        return out
+        return _with_thumbnail(ds, policy, out)
     res = rules.evaluate(ds, filters, info.rows, info.cols)
     out.flags = tuple(res.flags)
     out.rule_labels = tuple(res.graylist + res.blacklist)
     try:
-        return _apply(ds, info, policy, phi, res, out)
+        out = _apply(ds, info, policy, phi, res, out)
     except codec.UnsupportedPixels as exc:
         out.quarantine_reason = exc.code
         out.changed = False
-        return out
     except ocr.OcrError:
         log.warning("OCR failed on an image; it is quarantined")
         out.quarantine_reason = "ocr-failed"
         out.changed = False
-        return out
+    return _with_thumbnail(ds, policy, out)
+
+
+def _with_thumbnail(ds: Dataset, policy: PixelPolicy, out: PixelOutcome) -> PixelOutcome:
+    """Quarantined for a pixel reason before OCR ran: still give the reviewer a picture."""
+    if out.quarantine_reason and out.before_png is None and policy.thumbnails:
+        try:
+            for _, frame, pi in codec.iter_frames(ds, indices=[0]):
+                out.before_png = _png(_display(ds, frame, pi))
+        except (codec.UnsupportedPixels, ValueError, TypeError):
+            pass  # undecodable: the page says "no thumbnail"
+    return out
 
 
 def _apply(ds, info, policy: PixelPolicy, phi, res: rules.RuleResult, out: PixelOutcome) -> PixelOutcome:

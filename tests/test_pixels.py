@@ -345,6 +345,8 @@ def test_phi_matching_is_fuzzy_and_catches_identifier_patterns():
     assert match.word_is_phi(_w("4O817Z63"), phi)  # fold + distance
     assert match.word_is_phi(_w("03/02/1971"), phi)  # date pattern
     assert match.word_is_phi(_w("123-45-6789"), phi)  # SSN pattern
+    assert len(match.phi_words([_w("3"), _w("Feb"), _w("1971")], match.PhiTokens.from_strings([]))) == 3
+    assert not match.phi_words([_w("5"), _w("cms"), _w("10")], match.PhiTokens.from_strings([]))
     assert match.word_is_phi(_w("884213"), phi)  # digit run >= 5
     assert not match.word_is_phi(_w("LYMPH"), phi)
     assert not match.word_is_phi(_w("1234"), phi)

@@ -4,7 +4,6 @@ tesseract (skipped with a reason when it is missing), real fonts drawn with Pill
 
 from __future__ import annotations
 
-import copy
 import io
 import re
 import shutil

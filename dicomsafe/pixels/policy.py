@@ -22,9 +22,9 @@ from __future__ import annotations
 import functools
 import io
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Literal, Sequence
+from typing import Iterable, Literal, Sequence
 
 import numpy as np
 from pydicom import Dataset

@@ -530,7 +530,9 @@ def test_multiframe_native_reads_changed_frames_and_masks_every_frame(tmp_path):
     base = burn(ds.pixel_array, glyph_mask((240, 320), lines=["LYMPH SCAN"]), 255, 0)
     glyphs = glyph_mask((240, 320), top=False)
     late = burn(base, glyphs, 255, 0, top=False)  # the PHI appears in the last frame only
-    ds.PixelData = np.stack([base, base, base, late]).tobytes()
+    near = base.copy()
+    near[100, 100:110] ^= 0x80  # 10 changed pixels: not material, not read again
+    ds.PixelData = np.stack([base, near, base, late]).tobytes()
     ds.NumberOfFrames = 4
     out = apply_pixel_policy(ds, PixelPolicy(), PHI)
     assert out.quarantine_reason is None and out.changed

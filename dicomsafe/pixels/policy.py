@@ -56,9 +56,12 @@ REASONS = {
     "pixel-float-unsupported": "float pixel data cannot be read by OCR or masked",
 }
 
-#: Luminance change (8-bit) and share of pixels that make a frame "materially different".
+#: A frame is read again when more than DIFF_PIXELS of its pixels differ by more than DIFF_LEVEL
+#: grey levels from the last frame read. Deliberately tiny: a short ID drawn in 8-px type is
+#: ~100 pixels, so anything coarser could skip the one frame that shows it. Identical frames
+#: (static screens, repeated stills) are what this saves.
 DIFF_LEVEL = 24
-DIFF_SHARE = 0.002
+DIFF_PIXELS = 16
 OCR_BATCH = 16
 THUMB_SIDE = 256
 
@@ -164,12 +167,11 @@ class _Reader:
         self.frames_read = 0
 
     def feed(self, index: int, gray: np.ndarray) -> None:
-        small = gray[::4, ::4].astype(np.int16)
-        if self._last is not None and self._last.shape == small.shape:
-            changed = np.count_nonzero(np.abs(small - self._last) > DIFF_LEVEL)
-            if changed <= DIFF_SHARE * small.size:
+        if self._last is not None and self._last.shape == gray.shape:
+            diff = np.abs(gray.astype(np.int16) - self._last)
+            if np.count_nonzero(diff > DIFF_LEVEL) <= DIFF_PIXELS:
                 return  # same picture as the last frame read: its words were found there
-        self._last = small
+        self._last = gray.astype(np.int16)
         self._batch.append((index, gray))
         if len(self._batch) >= OCR_BATCH:
             self.flush()

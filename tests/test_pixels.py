@@ -27,6 +27,7 @@ from dicomsafe.pixels import (
     PixelPolicy,
     Rect,
     ReviewItem,
+    ReviewWriter,
     apply_pixel_policy,
     evaluate,
     load_filters,
@@ -610,7 +611,15 @@ def test_review_page_references_existing_pngs(tmp_path):
         Image.open(index.parent / ref).verify()
     assert "pixel-phi-residue" in page and "f0003" not in page
     assert "http" not in page  # no network assets
+    assert (index.parent / "f0001-before.png").stat().st_mode & 0o077 == 0  # operator-only files
+    writer = ReviewWriter(tmp_path / "inc")
+    assert writer.add("p1", masked) and not writer.add("p2", untouched)
+    assert (tmp_path / "inc" / "p1-before.png").is_file()  # written at add(), not held in memory
+    assert "1 masked, 0 quarantined" in writer.close().read_text()
     with pytest.raises(ConfigError):
         write_review(tmp_path / "r2", [ReviewItem("../evil", masked)])
+    with pytest.raises(ConfigError):
+        write_review(tmp_path / "r3", [ReviewItem("a", masked), ReviewItem("a", quarantined)])
+    assert not (tmp_path / "r2").exists()  # nothing written for a bad key
     with pytest.raises(ConfigError):
         write_review(tmp_path / "dst" / "review", [ReviewItem("a", masked)], forbid_under=tmp_path / "dst")

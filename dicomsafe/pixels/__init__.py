@@ -12,7 +12,7 @@ See docs/pixels.md.
 from .codec import PixelInfo, UnsupportedPixels, pixel_info
 from .ocr import OcrError, Word, ocr_frames, tesseract_path
 from .policy import REASONS, PixelOutcome, PixelPolicy, TextReport, apply_pixel_policy, find_text
-from .review import ReviewItem, write_review
+from .review import ReviewItem, ReviewWriter, write_review
 from .rules import BUNDLED_RECIPES, DEFAULT_RECIPES, FilterSet, Rect, RuleResult, evaluate, load_filters
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "Rect",
     "TextReport",
     "ReviewItem",
+    "ReviewWriter",
     "RuleResult",
     "UnsupportedPixels",
     "Word",

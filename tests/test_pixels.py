@@ -384,11 +384,12 @@ def _displays(ds):
 
 @needs_tesseract
 @needs_font
-@pytest.mark.parametrize("top", [True, False], ids=["top-band", "bottom-band"])
-def test_rgb_ultrasound_native(tmp_path, top):
+@pytest.mark.parametrize("top, color", [(True, (255, 255, 255)), (False, (0, 0, 255))],
+                         ids=["top-band-white", "bottom-band-blue"])  # blue: luminance 29/255
+def test_rgb_ultrasound_native(tmp_path, top, color):
     ds = pydicom.dcmread(data_file("examples_rgb_color.dcm"))  # real US, RGB, 240x320
     glyphs = glyph_mask((240, 320), top=top)
-    ds.PixelData = burn(ds.pixel_array, glyphs, 255, 0, top).tobytes()
+    ds.PixelData = burn(ds.pixel_array, glyphs, color, 0, top).tobytes()
     before = _displays(ds)
     assert_reads_phi(ds)
     out = apply_pixel_policy(ds, PixelPolicy(), PHI)

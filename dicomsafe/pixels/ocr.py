@@ -76,8 +76,10 @@ def to_gray8(frame: np.ndarray, *, monochrome1: bool = False) -> np.ndarray:
     value of the frame, and min-max keeps it at full contrast whatever the modality.
     """
     arr = frame
-    if arr.ndim == 3:  # RGB: luminance (ITU-R BT.601), enough to separate text from background
-        arr = arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114
+    if arr.ndim == 3:
+        # RGB: the brightest channel, not luminance — pure blue text has a luminance of 29/255
+        # and would vanish against a black screen, yet it is perfectly legible to a person.
+        arr = arr.max(axis=-1)
     arr = arr.astype(np.float32, copy=False)
     lo, hi = float(arr.min()), float(arr.max())
     if hi <= lo:

@@ -248,6 +248,13 @@ def test_policy_validation():
         PixelPolicy(burned_in="blur")
     with pytest.raises(ConfigError):
         PixelPolicy(margin=-1)
+    pol = PixelPolicy.from_mapping({"burned_in": "quarantine", "ocr": False, "recipes": ["dicom.ultrasound"],
+                                    "margin": 6})
+    assert (pol.burned_in, pol.ocr, pol.filters, pol.margin) == ("quarantine", False, ("dicom.ultrasound",), 6)
+    assert PixelPolicy.from_mapping(None) == PixelPolicy()
+    for bad in ({"ocr": "yes"}, {"burned_in": "blur"}, {"recipe": ["dicom"]}, {"margin": "4"}, {"recipes": "dicom"}):
+        with pytest.raises(ConfigError):
+            PixelPolicy.from_mapping(bad)
 
 
 def test_ocr_requested_without_tesseract_is_a_config_error(monkeypatch, tmp_path):
@@ -396,6 +403,12 @@ def test_rgb_ultrasound_native(tmp_path, top, color):
     back = _check_masked(ds, out, glyphs, before, tmp_path, "rgb.dcm")
     assert back.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert out.before_png and out.after_png and out.boxes and len(out.boxes) == 1
+    index = write_review(tmp_path / "review", [ReviewItem("f00001", out)], forbid_under=tmp_path / "dst")
+    from PIL import Image
+
+    for ref in re.findall(r'src="([^"]+)"', index.read_text()):
+        with Image.open(index.parent / ref) as im:
+            assert max(im.size) <= 256  # thumbnails, not full images
 
 
 @needs_tesseract

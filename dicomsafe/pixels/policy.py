@@ -93,6 +93,38 @@ class PixelPolicy:
         if not 0 <= self.min_conf <= 100:
             raise ConfigError("pixels.min_conf must be between 0 and 100")
 
+    @classmethod
+    def from_mapping(cls, table: "dict | None") -> "PixelPolicy":
+        """Build a policy from a profile's ``[pixels]`` table; unknown keys are a ConfigError.
+
+        Keys: burned_in, ocr, recipes (list of deid recipe tags/paths), margin, min_conf, lang.
+        """
+        table = dict(table or {})
+        known = {"burned_in", "ocr", "recipes", "margin", "min_conf", "lang"}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise ConfigError(f"[pixels]: unknown key(s): {', '.join(unknown)}")
+        kwargs: dict = {}
+        if "burned_in" in table:
+            kwargs["burned_in"] = str(table["burned_in"])
+        if "ocr" in table:
+            if not isinstance(table["ocr"], bool):
+                raise ConfigError("[pixels]: ocr must be true or false")
+            kwargs["ocr"] = table["ocr"]
+        if "recipes" in table:
+            recipes = table["recipes"]
+            if not isinstance(recipes, list) or not all(isinstance(r, str) for r in recipes):
+                raise ConfigError("[pixels]: recipes must be a list of deid recipe names or paths")
+            kwargs["filters"] = tuple(recipes)
+        for key, typ in (("margin", int), ("min_conf", (int, float))):
+            if key in table:
+                if isinstance(table[key], bool) or not isinstance(table[key], typ):
+                    raise ConfigError(f"[pixels]: {key} must be a number")
+                kwargs[key] = table[key]
+        if "lang" in table:
+            kwargs["ocr_lang"] = str(table["lang"])
+        return cls(**kwargs)
+
     def filter_set(self) -> FilterSet:
         if isinstance(self.filters, FilterSet):
             return self.filters

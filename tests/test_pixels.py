@@ -337,6 +337,32 @@ def test_undecodable_pixels_are_quarantined_not_raised(tmp_path):
     assert out.quarantine_reason == "pixel-decode-failed" and not out.changed and ds.PixelData == raw
 
 
+def _truncated():
+    ds = pydicom.dcmread(data_file("CT_small.dcm"))
+    ds.PixelData = ds.PixelData[:1000]
+    return ds
+
+
+def _no_rows():
+    ds = pydicom.dcmread(data_file("CT_small.dcm"))
+    del ds.Rows
+    return ds
+
+
+@pytest.mark.parametrize("loader, reason", [
+    (_truncated, "pixel-decode-failed"),
+    (_no_rows, "pixel-module-invalid"),
+    (lambda: pydicom.dcmread(data_file("liver_1frame.dcm")), "pixel-bits-unsupported"),  # 1-bit SEG
+], ids=["truncated", "no-rows", "1-bit"])
+def test_malformed_pixels_fail_closed(loader, reason, tmp_path):
+    recipe = tmp_path / "deid.corner"
+    recipe.write_text(CORNER)
+    ds = loader()
+    raw = ds.PixelData
+    out = apply_pixel_policy(ds, PixelPolicy(ocr=False, filters=(str(recipe),)), [])
+    assert out.quarantine_reason == reason and not out.changed and ds.PixelData == raw
+
+
 # ---------------------------------------------------------------------------------------------
 # PHI matching (pure)
 

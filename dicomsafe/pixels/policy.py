@@ -29,7 +29,7 @@ from typing import Iterable, Literal, Sequence
 import numpy as np
 from pydicom import Dataset
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DicomsafeError
 from . import codec, mask as maskmod, match, ocr, rules
 from .rules import FilterSet, Rect
 
@@ -54,6 +54,7 @@ REASONS = {
     "pixel-no-transfer-syntax": "no transfer syntax in the file meta",
     "palette-invalid": "the palette lookup tables are missing or malformed",
     "pixel-float-unsupported": "float pixel data cannot be read by OCR or masked",
+    "pixel-error": "an unexpected error while cleaning the pixels",
 }
 
 #: A frame is read again when more than DIFF_PIXELS of its pixels differ by more than DIFF_LEVEL
@@ -308,6 +309,12 @@ def apply_pixel_policy(ds: Dataset, policy: PixelPolicy, phi_strings: Iterable[s
         log.warning("OCR failed on an image; it is quarantined")
         out.quarantine_reason = "ocr-failed"
         out.changed = False
+    except DicomsafeError:
+        raise
+    except Exception as exc:  # fail closed on anything unforeseen in odd pixel data
+        log.error("unexpected failure while cleaning pixels (%s); the file is quarantined", type(exc).__name__)
+        out.quarantine_reason = "pixel-error"
+        out.changed = False
     return _with_thumbnail(ds, policy, out)
 
 
@@ -317,8 +324,8 @@ def _with_thumbnail(ds: Dataset, policy: PixelPolicy, out: PixelOutcome) -> Pixe
         try:
             for _, frame, pi in codec.iter_frames(ds, indices=[0]):
                 out.before_png = _png(_display(ds, frame, pi))
-        except (codec.UnsupportedPixels, ValueError, TypeError):
-            pass  # undecodable: the page says "no thumbnail"
+        except Exception:  # undecodable: the page says "no thumbnail"
+            out.before_png = None
     return out
 
 

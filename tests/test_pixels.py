@@ -236,6 +236,19 @@ def test_flagged_image_without_ocr_or_rule_is_quarantined():
     assert apply_pixel_policy(ds, PixelPolicy(ocr=False), PHI).quarantine_reason == "recognizable-visual-features"
 
 
+def test_image_without_loaded_pixels_is_not_waved_through(tmp_path):
+    ds = pydicom.dcmread(data_file("CT_small.dcm"), stop_before_pixels=True)
+    assert apply_pixel_policy(ds, PixelPolicy(ocr=False), PHI).quarantine_reason == "pixel-data-missing"
+    sr = pydicom.dcmread(data_file("test-SR.dcm"))  # no image at all: nothing to do
+    out = apply_pixel_policy(sr, PixelPolicy(ocr=False), PHI)
+    assert out.quarantine_reason is None and not out.changed
+    recipe = tmp_path / "deid.corner"
+    recipe.write_text(CORNER)
+    deferred = pydicom.dcmread(data_file("CT_small.dcm"), defer_size=1024)  # lazily loaded: fine
+    out = apply_pixel_policy(deferred, PixelPolicy(ocr=False, filters=(str(recipe),)), PHI)
+    assert out.quarantine_reason is None and out.changed
+
+
 def test_keep_policy_touches_nothing():
     ds = pydicom.dcmread(data_file("examples_rgb_color.dcm"))
     raw = ds.PixelData

@@ -55,6 +55,7 @@ REASONS = {
     "palette-invalid": "the palette lookup tables are missing or malformed",
     "pixel-float-unsupported": "float pixel data cannot be read by OCR or masked",
     "pixel-error": "an unexpected error while cleaning the pixels",
+    "pixel-data-missing": "an image (Rows/Columns present) without pixel data: nothing was checked",
 }
 
 #: A frame is read again when more than DIFF_PIXELS of its pixels differ by more than DIFF_LEVEL
@@ -291,6 +292,10 @@ def apply_pixel_policy(ds: Dataset, policy: PixelPolicy, phi_strings: Iterable[s
         if exc.code == "no-pixel-data":
             if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
                 out.quarantine_reason = "pixel-float-unsupported"
+            elif "Rows" in ds or "Columns" in ds:
+                # An image whose pixels were not loaded (read with stop_before_pixels?): we
+                # cannot vouch for pixels we never saw.
+                out.quarantine_reason = "pixel-data-missing"
             return out  # no pixels: nothing to clean
         out.quarantine_reason = exc.code
         return out

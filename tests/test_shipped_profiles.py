@@ -453,7 +453,13 @@ def test_shipped_profile_on_the_corpus(name, corpus, basic_run, tmp_path):
     assert c["inputs"] == len(corpus.files) == c["written"] + c["quarantined"] + c["skipped"]
     assert c["skipped"] == Counter(corpus.expected.values())["skipped"]
     extra = _quarantined(report) - _quarantined(basic_run[1])
-    assert not extra, {f["reason"] for f in report.files if f["id"] in extra}
+    # Pixel cleaning cannot prove an image clean that no installed decoder can read (the corpus's
+    # JPEG-extended NM file, a no-meta file with short pixel data): those are quarantined, fail closed.
+    # limited-data-set keeps full dates but removes the birth date; the corpus's SR holds the birth
+    # date in a DATE content item, which verification catches (fail closed) — quarantine is right.
+    allowed = {"pixel-decode-failed"} | ({"phi-residue"} if name == "limited-data-set" else set())
+    reasons = {f["reason"] for f in report.files if f["id"] in extra}
+    assert reasons <= allowed, [(f["reason"], f.get("details")) for f in report.files if f["id"] in extra]
     blob = b"".join(p.read_bytes() for p in dst.rglob("*.dcm"))
     assert [u for u in corpus.uids if u.encode() in blob] == []
     assert corpus.snapshot() == before

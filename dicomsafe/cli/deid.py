@@ -1,0 +1,59 @@
+"""``dicomsafe deidentify``: one command over a whole tree (DESIGN.md §2)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from ..errors import ConfigError
+from . import EXIT_FINDINGS, EXIT_OK, main
+
+
+def secret_from_options(secret_file: str | None) -> bytes:
+    """The pseudonym secret: --secret-file, else $DICOMSAFE_SECRET_FILE. Never from argv itself."""
+    from ..pseudonyms import load_secret
+
+    path = secret_file or os.environ.get("DICOMSAFE_SECRET_FILE")
+    if not path:
+        raise ConfigError("a pseudonym secret is required: --secret-file FILE or DICOMSAFE_SECRET_FILE "
+                          "(create one with: dicomsafe keygen --secret -o FILE)")
+    return load_secret(path)
+
+
+def profile_from_options(profile: str, options: tuple[str, ...]):
+    from ..profiles import load_profile
+
+    return load_profile(profile, options)
+
+
+@main.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option("--profile", "-p", default="basic", show_default=True, help="Profile name or .toml/.deid file.")
+@click.option("--option", "options", multiple=True, metavar="OPT",
+              help="Add a PS3.15 option, e.g. clean-descriptors (repeatable).")
+@click.option("--secret-file", type=click.Path(path_type=str), help="Pseudonym secret (or $DICOMSAFE_SECRET_FILE).")
+@click.option("--quarantine", type=click.Path(path_type=Path),
+              help="Where files that cannot be proven clean go (default ./dicomsafe-quarantine).")
+@click.option("--report", type=click.Path(path_type=Path), help="Report path (default DST/.dicomsafe/report.json).")
+@click.pass_context
+def deidentify(ctx: click.Context, src: Path, dst: Path, profile: str, options: tuple[str, ...],
+               secret_file: str | None, quarantine: Path | None, report: Path | None) -> None:
+    """De-identify every DICOM file under SRC into DST.
+
+    Output paths are built from pseudonyms only: DST/<patient>/<study>/<series>/<instance>.dcm.
+    Exit 0 when every DICOM input was written, 1 when some were quarantined.
+    """
+    from ..pipeline import RunSettings, deidentify_tree
+
+    prof = profile_from_options(profile, options)
+    secret = secret_from_options(secret_file)
+    quiet = bool(ctx.obj.get("quiet")) if ctx.obj else False
+    settings = RunSettings(src=src, dst=dst, profile=prof, secret=secret, quarantine=quarantine,
+                           report=report, quiet=quiet)
+    rep = deidentify_tree(settings)
+    if not quiet:
+        click.echo(f"dicomsafe: {rep.summary()}", err=True)
+    ctx.exit(EXIT_FINDINGS if rep.counts["quarantined"] else EXIT_OK)

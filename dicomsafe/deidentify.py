@@ -1,0 +1,227 @@
+"""De-identify one file: read safely, transform by the compiled plan, write to staging, verify.
+
+This is the worker side of a run. It never touches the final output tree: it returns a
+:class:`FileResult` whose staged file the single writer (dicomsafe.pipeline) commits with a
+rename, so parallel workers cannot race on an output path and a duplicate SOP Instance UID is
+caught in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from . import __version__, dicomio
+from .errors import InputFileError
+from .profiles import Profile
+from .pseudonyms import Pseudonymizer
+from .rules import CID7050, DUMMY_TEXT, Context, Plan, compile_plan
+
+log = logging.getLogger(__name__)
+
+#: Verification finding kinds that a profile option makes acceptable in the output.
+_IGNORED_BY_OPTION = {
+    "retain-uids": {"uid"},
+    "retain-longitudinal-full-dates": {"date"},
+    "retain-longitudinal-modified-dates": set(),
+    "retain-institution-identity": {"institution"},
+    "retain-device-identity": {"device"},
+}
+
+
+@dataclass
+class FileResult:
+    """What happened to one input. ``reason`` is a PHI-free code (never a value)."""
+
+    file_id: str
+    outcome: str  # "written" | "quarantined" | "skipped"
+    reason: str | None = None
+    staged: str | None = None  # path of the verified staged output (worker → writer)
+    out_relpath: str | None = None
+    preamble_threat: str | None = None
+    src_path: str | None = None  # operator side only: goes to the quarantine index, never to DST
+    size: int = 0
+    details: list[str] = field(default_factory=list)  # PHI-free finding paths/kinds
+
+
+class Deidentifier:
+    """Everything needed to de-identify files for one profile and one secret."""
+
+    def __init__(self, profile: Profile, secret: bytes, *, verify: bool = True):
+        self.profile = profile
+        self.plan: Plan = compile_plan(profile)
+        self.pseudo = Pseudonymizer(secret)
+        self.verify = verify
+        opts = set(profile.options)
+        self.ignore_kinds = frozenset(k for o in opts for k in _IGNORED_BY_OPTION.get(o, ()))
+        self.needs_shift = "retain-longitudinal-modified-dates" in opts or any(
+            o.action == "shift" for o in profile.overrides)
+        self._method = _method_text(profile)
+        self._codes = _method_codes(profile)
+
+    # -- pure part ---------------------------------------------------------------------------
+
+    def transform(self, ds: Dataset, phi: Any = None) -> str:
+        """De-identify ``ds`` in place; return the output path relative to DST."""
+        patient_id = str(ds.get("PatientID", "") or "")
+        issuer = str(ds.get("IssuerOfPatientID", "") or "")
+        token = self.pseudo.id_token(patient_id, issuer)
+        shift = (self.pseudo.date_shift_days(patient_id, *self.profile.shift_days)
+                 if self.needs_shift else None)
+        ctx = Context(pseudo=self.pseudo, patient_token=token, shift_days=shift,
+                      scrub=_scrubber(phi, self.profile.scrub))
+        self.plan.apply(ds, ctx)
+        self._mark(ds, shifted=shift is not None)
+        return _output_relpath(ds, token)
+
+    def _mark(self, ds: Dataset, *, shifted: bool) -> None:
+        """PatientIdentityRemoved, DeidentificationMethod and its CID 7050 code sequence."""
+        ds.PatientIdentityRemoved = "YES"
+        ds.DeidentificationMethod = self._method
+        items = []
+        for value, meaning in self._codes:
+            item = Dataset()
+            item.CodeValue = value
+            item.CodingSchemeDesignator = "DCM"
+            item.CodeMeaning = meaning
+            items.append(item)
+        ds.DeidentificationMethodCodeSequence = Sequence(items)
+        opts = set(self.profile.options)
+        if "retain-longitudinal-full-dates" in opts:
+            ds.LongitudinalTemporalInformationModified = "UNMODIFIED"
+        elif shifted:
+            ds.LongitudinalTemporalInformationModified = "MODIFIED"
+        else:
+            ds.LongitudinalTemporalInformationModified = "REMOVED"
+
+    # -- I/O shell ---------------------------------------------------------------------------
+
+    def process_file(self, path: str | os.PathLike[str], staging_dir: Path, file_id: str) -> FileResult:
+        """Read, transform, write to ``staging_dir/<file_id>.dcm`` and verify it.
+
+        Never raises for a bad input: every per-file problem becomes a quarantined result.
+        """
+        res = FileResult(file_id=file_id, outcome="quarantined", src_path=os.fspath(path))
+        staged = staging_dir / f"{file_id}.dcm"
+        try:
+            rr = dicomio.read_dicom(path)
+            res.preamble_threat = rr.preamble_threat
+            res.size = rr.size
+            ds = rr.dataset
+            phi = _harvest(ds)
+            try:
+                relpath = self.transform(ds, phi)
+            except InputFileError:
+                raise
+            except RecursionError:
+                raise InputFileError("too-deep", "sequence nesting too deep") from None
+            except Exception as exc:  # noqa: BLE001 - messages may quote values; keep only the type
+                raise InputFileError("transform-failed", f"could not de-identify ({type(exc).__name__})") from None
+            pixel_ref = rr.pixel_ref
+            pixel_ref = self._pixels(ds, rr, phi, res)
+            dicomio.write_dicom(ds, staged, pixel_ref=pixel_ref)
+            if self.verify:
+                findings = _verify(staged, phi, self.ignore_kinds)
+                if findings:
+                    staged.unlink(missing_ok=True)
+                    res.details = findings
+                    res.reason = "phi-residue"
+                    return res
+            res.outcome = "written"
+            res.staged = str(staged)
+            res.out_relpath = relpath
+            return res
+        except InputFileError as exc:
+            staged.unlink(missing_ok=True)
+            res.reason = exc.code
+            res.details = [str(exc)]
+            return res
+
+    def _pixels(self, ds: Dataset, rr: Any, phi: Any, res: FileResult) -> Any:
+        """Apply the profile's burned-in text policy; returns the pixel_ref still to stream."""
+        if self.profile.pixels.burned_in == "keep" or rr.pixel_ref is None:
+            return rr.pixel_ref
+        try:
+            from . import pixels
+        except ImportError:
+            raise InputFileError("pixels-unavailable", "pixel cleaning requested but not available") from None
+        dicomio.load_pixel_data(ds, rr.pixel_ref)
+        policy = pixels.PixelPolicy(burned_in=self.profile.pixels.burned_in, ocr=self.profile.pixels.ocr,
+                                    filters=tuple(self.profile.filters))
+        outcome = pixels.apply_pixel_policy(ds, policy, _phi_strings(phi))
+        if outcome.quarantine_reason:
+            raise InputFileError(outcome.quarantine_reason, "burned-in text could not be proven removed")
+        return None  # pixels are now in the dataset
+
+
+def _output_relpath(ds: Dataset, token: str) -> str:
+    """DST/<patient token>/<study uid>/<series uid>/<sop uid>.dcm — from pseudonyms only."""
+    parts = []
+    for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        v = str(ds.get(kw, "") or "").strip()
+        if not v or not all(c.isdigit() or c == "." for c in v):
+            raise InputFileError("missing-uid", f"{kw} missing or invalid")
+        parts.append(v)
+    return f"{token}/{parts[0]}/{parts[1]}/{parts[2]}.dcm"
+
+
+def _method_text(profile: Profile) -> str:
+    text = f"dicomsafe {__version__} {profile.name} PS3.15 E.1-1"
+    return text[:64]
+
+
+def _method_codes(profile: Profile) -> list[tuple[str, str]]:
+    codes = [CID7050["basic"]]
+    for opt in profile.options:
+        if opt in CID7050:
+            codes.append(CID7050[opt])
+    return codes
+
+
+# -- verification and scrubbing hooks (dicomsafe.verify / dicomsafe.text) -----------------------
+
+
+def _harvest(ds: Dataset) -> Any:
+    try:
+        from . import verify
+    except ImportError:
+        return None
+    return verify.harvest(ds)
+
+
+def _phi_strings(phi: Any) -> list[str]:
+    if phi is None:
+        return []
+    fn = getattr(phi, "all_strings", None)
+    if callable(fn):
+        return list(fn())
+    out: list[str] = []
+    for v in vars(phi).values():
+        if isinstance(v, (set, frozenset, list, tuple)):
+            out.extend(str(x) for x in v)
+    return out
+
+
+def _scrubber(phi: Any, kinds: tuple[str, ...]) -> Callable[[str], str]:
+    """Free-text cleaner for C actions. Without the text module we cannot prove text clean,
+    so the whole value becomes a dummy (fail closed)."""
+    try:
+        from . import text
+    except ImportError:
+        return lambda s: DUMMY_TEXT
+    return lambda s: text.scrub(s, phi, kinds)
+
+
+def _verify(path: Path, phi: Any, ignore_kinds: frozenset[str]) -> list[str]:
+    try:
+        from . import verify
+    except ImportError:
+        return []
+    findings = verify.verify_file(path, phi, ignore_kinds=ignore_kinds)
+    return [f"{f.path}: {f.kind}" for f in findings]

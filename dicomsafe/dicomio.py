@@ -1,0 +1,1063 @@
+"""Safe DICOM reading and atomic, streaming DICOM writing.
+
+Why this module exists: pydicom is a forgiving reader. It accepts a truncated value without
+complaint, follows a corrupted length wherever it points, and its exception and warning texts can
+quote element values (PHI). A de-identification tool must instead *prove* a file is well formed
+before trusting it, keep memory bounded whatever the length fields say, and never echo a value.
+
+So reading happens in two passes:
+
+1. A structural walk (:class:`_Walker`) over the raw bytes, reading only element headers. It checks
+   every length against the file size and the enclosing container, bounds sequence depth, item
+   count, element count and header size, and locates the top-level Pixel Data element. Nothing
+   here allocates more than a few bytes per element, so a hostile length cannot exhaust memory.
+2. pydicom then parses everything *except* the top-level Pixel Data, and every element is
+   converted once, so malformed values surface at read time, not at write time.
+
+Pixel data is described by a :class:`PixelRef` (offsets into the source file). The writer copies
+those raw bytes in 1 MiB chunks after writing the (de-identified) header, so a 2 GB multi-frame file
+never sits in memory and the pixel bytes stay bit-identical.
+
+All errors are :class:`~dicomsafe.errors.InputFileError` with a stable ``code`` and a fixed,
+value-free message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import stat
+import struct
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, BinaryIO, Iterator
+
+import pydicom
+from pydicom import config as pydicom_config
+from pydicom.datadict import dictionary_VR
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.filebase import DicomFileLike
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import correct_ambiguous_vr, write_dataset, write_file_meta_info
+from pydicom.sequence import Sequence
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    UID,
+)
+
+from .errors import InputFileError, OutputError
+from .fsutil import atomic_writer
+
+log = logging.getLogger(__name__)
+
+#: dicomsafe's Implementation Class UID (a fixed UUID-derived OID under 2.25, PS3.5 B.2).
+IMPLEMENTATION_CLASS_UID = "2.25.169421573672751245676750037997110103044"
+#: Implementation Version Name written into the file meta (SH, at most 16 characters).
+IMPLEMENTATION_VERSION_NAME = "DICOMSAFE_010"
+
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+PIXEL_DATA_TAG = 0x7FE00010
+#: pydicom's stop_before_pixels stops at the first of these top-level tags.
+_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+_ITEM = 0xFFFEE000
+_ITEM_DELIM = 0xFFFEE00D
+_SEQ_DELIM = 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+COPY_CHUNK = 1 << 20  # 1 MiB
+
+# VRs with a 2-byte reserved field and a 4-byte length in explicit VR (PS3.5 7.1.2).
+_VR_LONG = frozenset(
+    b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split()
+)
+_VR_SHORT = frozenset(
+    b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split()
+)
+_VR_ALL = _VR_LONG | _VR_SHORT
+
+
+# --------------------------------------------------------------------------------------------
+# Limits and result types
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """Bounds that keep a corrupt or hostile file from exhausting memory or time.
+
+    The defaults are generous for real clinical data (RT structure sets with tens of thousands of
+    contour items, deeply nested SR trees) yet small enough that the worst case stays cheap.
+    """
+
+    max_depth: int = 32  # nested sequence levels
+    max_items: int = 1_000_000  # items in one sequence
+    max_elements: int = 5_000_000  # elements in the whole file (all depths)
+    max_element_bytes: int = 256 << 20  # any single non-pixel value
+    max_header_bytes: int = 512 << 20  # all non-pixel values together (they are loaded)
+    max_inflated_bytes: int = 1 << 30  # Deflated transfer syntax: decompressed size
+
+
+DEFAULT_LIMITS = ReadLimits()
+
+
+@dataclass(frozen=True)
+class PixelRef:
+    """Where the top-level Pixel Data element lives in the source file.
+
+    ``start`` is the offset of the element's tag, ``value_offset`` of its first value byte and
+    ``end`` the offset just past it (past the Sequence Delimitation Item when encapsulated). The
+    writer copies ``[start, end)`` verbatim: header and value in the source's own encoding, which
+    is why the output keeps the input transfer syntax. ``size``/``mtime_ns`` detect a source that
+    changed between read and write.
+    """
+
+    path: Path
+    start: int
+    value_offset: int
+    end: int
+    encapsulated: bool
+    vr: str | None  # None for implicit VR
+    is_implicit_vr: bool
+    is_little_endian: bool
+    transfer_syntax: str
+    is_last_element: bool
+    source_size: int
+    source_mtime_ns: int
+
+    @property
+    def value_length(self) -> int:
+        """Length of the value field in bytes (for encapsulated data: items + delimiter)."""
+        return self.end - self.value_offset
+
+
+@dataclass
+class ReadResult:
+    """A safely read DICOM file.
+
+    ``dataset`` holds every element except the top-level Pixel Data (see ``pixel_ref``). Use
+    :func:`load_pixel_data` only when pixels must change; otherwise pass ``pixel_ref`` to
+    :func:`write_dicom` and the bytes are streamed.
+    """
+
+    dataset: FileDataset
+    preamble: bytes | None
+    preamble_threat: str | None
+    pixel_ref: PixelRef | None
+    transfer_syntax: str
+    is_implicit_vr: bool
+    is_little_endian: bool
+    has_file_meta: bool
+    trailing_bytes: int = 0
+    size: int = 0
+
+
+# --------------------------------------------------------------------------------------------
+# Preamble checks (CVE-2019-11687)
+# --------------------------------------------------------------------------------------------
+
+_MACHO_MAGICS = (
+    b"\xfe\xed\xfa\xce",
+    b"\xce\xfa\xed\xfe",
+    b"\xfe\xed\xfa\xcf",
+    b"\xcf\xfa\xed\xfe",
+    b"\xca\xfe\xba\xbe",  # universal (fat) binary; also Java class files, equally unwelcome
+    b"\xbe\xba\xfe\xca",
+    b"\xca\xfe\xba\xbf",  # fat64
+    b"\xbf\xba\xfe\xca",
+)
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08", b"PK\x01\x02")
+
+
+def preamble_threat(preamble: bytes | None) -> str | None:
+    """Name the kind of foreign file a 128-byte preamble makes this file into, or None.
+
+    The preamble is free-form by the standard, which makes "DICOM + executable" polyglots possible
+    (CVE-2019-11687): the same bytes run as a Windows/Linux/macOS program or open as an archive.
+    TIFF is listed too: the standard allows TIFF/DICOM dual-personality files, but an output of ours
+    must not open as an image with unreviewed TIFF tags, so it is flagged (and zeroed) as well.
+    Harmless non-zero preambles (vendor names) return None; every output preamble is zeroed anyway.
+    """
+    if not preamble:
+        return None
+    p = bytes(preamble)
+    if p[:2] in (b"MZ", b"ZM"):
+        return "pe"
+    if p[:4] == b"\x7fELF":
+        return "elf"
+    if p[:4] in _MACHO_MAGICS:
+        return "macho"
+    if p[:4] in _ZIP_MAGICS:
+        return "zip"
+    if p[:2] == b"#!":
+        return "script"
+    if p[:4] == b"%PDF" or b"%PDF-" in p[:128]:
+        return "pdf"
+    if p[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    if p[:6] in (b"7z\xbc\xaf\x27\x1c",) or p[:3] == b"\x1f\x8b\x08" or p[:5] == b"Rar!\x1a":
+        return "archive"
+    stripped = p.lstrip(b" \t\r\n\x00").lower()
+    if stripped.startswith((b"<script", b"<html", b"<!doctype html", b"<svg", b"<?xml")):
+        return "script"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Opening files safely
+# --------------------------------------------------------------------------------------------
+
+
+def _open_regular(path: str | os.PathLike[str]) -> tuple[BinaryIO, os.stat_result]:
+    """Open read-only without blocking on FIFOs or devices; refuse anything but a regular file."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(os.fspath(path), flags)
+    except OSError:
+        raise InputFileError("unreadable", "file cannot be opened for reading") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputFileError("unreadable", "not a regular file")
+        fh = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fh, st
+
+
+def _read_exact(fh: BinaryIO, n: int) -> bytes:
+    try:
+        return fh.read(n)
+    except OSError:
+        raise InputFileError("unreadable", "read error") from None
+
+
+# --------------------------------------------------------------------------------------------
+# sniff
+# --------------------------------------------------------------------------------------------
+
+
+def _meta_sop_class(buf: bytes, pos: int) -> tuple[bool, str | None]:
+    """Parse an explicit VR LE group 0002 from ``buf[pos:]``; return (ok, MediaStorageSOPClassUID)."""
+    sop_class = None
+    seen = False
+    while pos + 8 <= len(buf):
+        group, elem = struct.unpack_from("<HH", buf, pos)
+        if group != 0x0002:
+            break
+        vr = buf[pos + 4 : pos + 6]
+        if vr in _VR_LONG:
+            if pos + 12 > len(buf):
+                break
+            length = struct.unpack_from("<L", buf, pos + 8)[0]
+            vpos = pos + 12
+        elif vr in _VR_SHORT:
+            length = struct.unpack_from("<H", buf, pos + 6)[0]
+            vpos = pos + 8
+        else:
+            return seen, sop_class
+        if length == _UNDEFINED:
+            return seen, sop_class
+        seen = True
+        if elem == 0x0002 and vpos + length <= len(buf):
+            sop_class = buf[vpos : vpos + length].rstrip(b"\x00 ").decode("ascii", "replace")
+        pos = vpos + length
+    return seen, sop_class
+
+
+def _plausible_first_element(buf: bytes, size: int) -> str | None:
+    """Is ``buf`` (file start, no preamble) a plausible dataset? Return 'dicom'/'dicomdir'/None.
+
+    Accepts a first element in group 0002 (meta without preamble), 0004 (a DICOMDIR without meta)
+    or 0008 (a bare dataset, like pydicom's no_meta.dcm), in implicit or explicit VR, little or big
+    endian, with a length that fits in the file.
+    """
+    if len(buf) < 8:
+        return None
+    for endian in "<>":
+        group, elem = struct.unpack_from(endian + "HH", buf, 0)
+        if group not in (0x0002, 0x0004, 0x0008):
+            continue
+        vr = buf[4:6]
+        if vr in _VR_ALL:
+            if vr in _VR_LONG:
+                if len(buf) < 12:
+                    continue
+                length = struct.unpack_from(endian + "L", buf, 8)[0]
+                hdr = 12
+            else:
+                length = struct.unpack_from(endian + "H", buf, 6)[0]
+                hdr = 8
+        else:
+            if endian == ">":
+                continue  # big endian is explicit VR only
+            length = struct.unpack_from("<L", buf, 4)[0]
+            hdr = 8
+        if length != _UNDEFINED and hdr + length > size:
+            continue
+        if group == 0x0004:
+            return "dicomdir"
+        if group == 0x0002:
+            _, sop_class = _meta_sop_class(buf, 0)
+            return "dicomdir" if sop_class == DICOMDIR_SOP_CLASS else "dicom"
+        return "dicom"
+    return None
+
+
+def sniff(path: str | os.PathLike[str]) -> str:
+    """Classify a file cheaply: ``"dicom"``, ``"dicomdir"``, ``"not-dicom"`` or ``"empty"``.
+
+    Reads at most 64 KiB. A "dicom" verdict only means "looks like DICOM": :func:`read_dicom` is
+    what proves a file well formed. Raises InputFileError("unreadable") when the file cannot be
+    opened or is not a regular file.
+    """
+    fh, st = _open_regular(path)
+    with fh:
+        if st.st_size == 0:
+            return "empty"
+        buf = _read_exact(fh, 65536)
+    if not buf:
+        return "empty"
+    if len(buf) >= 132 and buf[128:132] == b"DICM":
+        _, sop_class = _meta_sop_class(buf, 132)
+        return "dicomdir" if sop_class == DICOMDIR_SOP_CLASS else "dicom"
+    verdict = _plausible_first_element(buf, st.st_size)
+    return verdict or "not-dicom"
+
+
+# --------------------------------------------------------------------------------------------
+# Structural walk
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _TopElement:
+    tag: int
+    start: int
+    value_offset: int
+    end: int
+    vr: str | None
+    undefined: bool
+
+
+class _Walker:
+    """Validate the element structure of a byte stream by reading headers only.
+
+    Mirrors pydicom's parsing decisions (explicit VR datasets whose sequence items switch to
+    implicit VR, undefined-length UN treated as a sequence, private undefined-length elements that
+    start with an Item are sequences) so that what is validated is what pydicom will parse.
+    """
+
+    def __init__(self, fh: BinaryIO, size: int, little: bool, limits: ReadLimits):
+        self.fh = fh
+        self.size = size
+        self.e = "<" if little else ">"
+        self.little = little
+        self.limits = limits
+        self.elements = 0
+        self.header_bytes = 0
+        self.top: list[_TopElement] = []
+        self.trailing = 0
+
+    # -- low level ---------------------------------------------------------------------------
+    def _read(self, pos: int, n: int) -> bytes:
+        self.fh.seek(pos)
+        data = _read_exact(self.fh, n)
+        return data
+
+    def _tag_len(self, pos: int) -> tuple[int, int]:
+        data = self._read(pos, 8)
+        if len(data) < 8:
+            raise InputFileError("truncated", "file ends inside an item header")
+        group, elem, length = struct.unpack(self.e + "HHL", data)
+        return (group << 16) | elem, length
+
+    def _count(self) -> None:
+        self.elements += 1
+        if self.elements > self.limits.max_elements:
+            raise InputFileError("too-many-elements", "too many data elements")
+
+    def _check_value(self, vpos: int, length: int, limit: int) -> int:
+        end = vpos + length
+        if length > self.size:
+            raise InputFileError("length-overflow", "an element length exceeds the file size")
+        if end > self.size:
+            raise InputFileError("truncated", "file ends inside an element value")
+        if end > limit:
+            raise InputFileError("length-overflow", "an element overruns its enclosing item")
+        return end
+
+    # -- datasets ----------------------------------------------------------------------------
+    def dataset(
+        self,
+        pos: int,
+        limit: int,
+        implicit: bool,
+        depth: int,
+        *,
+        top: bool = False,
+        item: str | None = None,
+    ) -> int:
+        """Walk the elements of one dataset and return the position just after it.
+
+        ``item`` is None for the top-level dataset (ends at ``limit`` = file size), "defined" for
+        a defined-length item (ends exactly at ``limit``) or "undefined" for an undefined-length
+        item (ends after its Item Delimitation Item, which must come before ``limit``).
+        """
+        if item is not None and not implicit and pos + 6 <= limit:
+            # pydicom: a sequence item in an explicit VR file may be encoded implicit
+            vrb = self._read(pos + 4, 2)
+            if len(vrb) == 2 and not (0x40 < vrb[0] < 0x5B and 0x40 < vrb[1] < 0x5B):
+                implicit = True
+        while True:
+            if pos >= limit:
+                if item == "undefined":
+                    if limit >= self.size:
+                        raise InputFileError("truncated", "item not terminated")
+                    raise InputFileError("length-overflow", "item overruns its sequence")
+                return pos
+            remaining = limit - pos
+            if remaining < 8:
+                if item is None:
+                    self.trailing = remaining
+                    return limit
+                if limit >= self.size:
+                    raise InputFileError("truncated", "file ends inside an element header")
+                raise InputFileError("length-overflow", "element header overruns its item")
+            head = self._read(pos, 8)
+            group, elem = struct.unpack_from(self.e + "HH", head, 0)
+            tag = (group << 16) | elem
+            if tag == _ITEM_DELIM:
+                if item is not None:
+                    return pos + 8
+                raise InputFileError("malformed", "unexpected item delimiter")
+            if tag in (_ITEM, _SEQ_DELIM):
+                raise InputFileError("malformed", "unexpected item tag in a dataset")
+            self._count()
+            vrb = head[4:6]
+            vr: str | None
+            if implicit:
+                vr = None
+                length = struct.unpack_from(self.e + "L", head, 4)[0]
+                vpos = pos + 8
+            elif vrb in _VR_LONG:
+                tail = self._read(pos + 8, 4)
+                if len(tail) < 4:
+                    raise InputFileError("truncated", "file ends inside an element header")
+                vr = vrb.decode("ascii")
+                length = struct.unpack(self.e + "L", tail)[0]
+                vpos = pos + 12
+            elif 0x40 < vrb[0] < 0x5B and 0x40 < vrb[1] < 0x5B:
+                vr = vrb.decode("ascii")  # known short VR or an unknown one: 2-byte length
+                length = struct.unpack_from(self.e + "H", head, 6)[0]
+                vpos = pos + 8
+            else:  # pydicom's assume_implicit_vr_switch
+                vr = None
+                length = struct.unpack_from(self.e + "L", head, 4)[0]
+                vpos = pos + 8
+            is_pixel = item is None and tag == PIXEL_DATA_TAG
+            undefined = length == _UNDEFINED
+            if undefined:
+                end = self._undefined(tag, vr, vpos, limit, implicit, depth, is_pixel)
+            else:
+                end = self._check_value(vpos, length, limit)
+                if self._is_sq(tag, vr, implicit):
+                    self._sequence(vpos, end, implicit, depth + 1, defined=True)
+                elif not is_pixel:
+                    if length > self.limits.max_element_bytes:
+                        raise InputFileError("too-large", "an element value is too large")
+                    self.header_bytes += length
+                    if self.header_bytes > self.limits.max_header_bytes:
+                        raise InputFileError("too-large", "header values are too large")
+            if top:
+                self.top.append(_TopElement(tag, pos, vpos, end, vr, undefined))
+            pos = end
+
+    @staticmethod
+    def _is_sq(tag: int, vr: str | None, implicit: bool) -> bool:
+        if vr == "SQ":
+            return True
+        if vr is None:
+            try:
+                return dictionary_VR(tag) == "SQ"
+            except KeyError:
+                return False
+        return False
+
+    def _undefined(
+        self, tag: int, vr: str | None, vpos: int, limit: int, implicit: bool, depth: int, is_pixel: bool
+    ) -> int:
+        if is_pixel or vr in ("OB", "OW"):
+            return self._fragments(vpos, limit, count_bytes=not is_pixel)
+        if vr == "UN":
+            # PS3.5 6.2.2: an undefined-length UN is a sequence encoded in implicit VR LE
+            return self._sequence(vpos, limit, True, depth + 1, defined=False)
+        if vr in (None, "SQ"):
+            if vr is None and not self._is_sq(tag, vr, implicit):
+                nxt, _ = self._tag_len(vpos)
+                if nxt != _ITEM and nxt != _SEQ_DELIM:
+                    raise InputFileError("malformed", "undefined length on a non-sequence element")
+            return self._sequence(vpos, limit, implicit, depth + 1, defined=False)
+        raise InputFileError("malformed", "undefined length on a non-sequence element")
+
+    def _sequence(self, pos: int, limit: int, implicit: bool, depth: int, *, defined: bool) -> int:
+        if depth > self.limits.max_depth:
+            raise InputFileError("too-deep", "sequences nested too deeply")
+        items = 0
+        while True:
+            if defined and pos >= limit:
+                return pos
+            if not defined and pos + 8 > limit:
+                if limit >= self.size:
+                    raise InputFileError("truncated", "sequence not terminated")
+                raise InputFileError("length-overflow", "sequence overruns its enclosing item")
+            tag, length = self._tag_len(pos)
+            if tag == _SEQ_DELIM and not defined:
+                return pos + 8
+            if tag != _ITEM:
+                raise InputFileError("malformed", "sequence contains a non-item element")
+            items += 1
+            self._count()
+            if items > self.limits.max_items:
+                raise InputFileError("too-many-items", "too many items in a sequence")
+            ipos = pos + 8
+            if length == _UNDEFINED:
+                pos = self.dataset(ipos, limit, implicit, depth, item="undefined")
+            else:
+                iend = self._check_value(ipos, length, limit)
+                self.dataset(ipos, iend, implicit, depth, item="defined")
+                pos = iend
+
+    def _fragments(self, pos: int, limit: int, *, count_bytes: bool) -> int:
+        """Encapsulated data: Items of defined length, then a Sequence Delimitation Item."""
+        items = 0
+        while True:
+            if pos + 8 > limit:
+                if limit >= self.size:
+                    raise InputFileError("truncated", "encapsulated data not terminated")
+                raise InputFileError("length-overflow", "encapsulated data overruns its item")
+            tag, length = self._tag_len(pos)
+            if tag == _SEQ_DELIM:
+                return pos + 8
+            if tag != _ITEM or length == _UNDEFINED:
+                raise InputFileError("malformed", "bad fragment in encapsulated data")
+            items += 1
+            self._count()
+            if items > self.limits.max_items:
+                raise InputFileError("too-many-items", "too many fragments")
+            end = self._check_value(pos + 8, length, limit)
+            if count_bytes:
+                self.header_bytes += length
+                if self.header_bytes > self.limits.max_header_bytes:
+                    raise InputFileError("too-large", "header values are too large")
+            pos = end
+
+
+# --------------------------------------------------------------------------------------------
+# Encoding detection (mirrors pydicom.filereader.read_partial)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Layout:
+    preamble: bytes | None
+    meta_start: int
+    body_start: int
+    transfer_syntax: str | None
+    implicit: bool
+    little: bool
+    has_meta: bool
+
+
+def _layout(fh: BinaryIO, size: int) -> _Layout:
+    head = _read_exact(fh, 132)
+    preamble = None
+    pos = 0
+    if len(head) == 132 and head[128:132] == b"DICM":
+        preamble = head[:128]
+        pos = 132
+    meta_start = pos
+    ts: str | None = None
+    has_meta = False
+    # File meta: explicit VR little endian, group 0002 (no recursion, small values only)
+    while True:
+        fh.seek(pos)
+        hdr = _read_exact(fh, 8)
+        if len(hdr) < 8:
+            break
+        group, elem = struct.unpack_from("<HH", hdr)
+        if group != 0x0002:
+            break
+        has_meta = True
+        vr = hdr[4:6]
+        if vr in _VR_LONG:
+            ext = _read_exact(fh, 4)
+            if len(ext) < 4:
+                raise InputFileError("truncated", "file ends inside the file meta")
+            length = struct.unpack("<L", ext)[0]
+            vpos = pos + 12
+        elif 0x40 < vr[0] < 0x5B and 0x40 < vr[1] < 0x5B:
+            length = struct.unpack_from("<H", hdr, 6)[0]
+            vpos = pos + 8
+        else:  # implicit VR meta (non-conformant but seen in the wild)
+            length = struct.unpack_from("<L", hdr, 4)[0]
+            vpos = pos + 8
+        if length == _UNDEFINED or length > 1 << 20:
+            raise InputFileError("malformed", "invalid file meta element length")
+        if vpos + length > size:
+            raise InputFileError("truncated", "file ends inside the file meta")
+        if elem == 0x0010:
+            fh.seek(vpos)
+            raw = _read_exact(fh, length)
+            ts = raw.rstrip(b"\x00 ").decode("ascii", "replace")
+        pos = vpos + length
+    body_start = pos
+    implicit, little = True, True
+    fh.seek(body_start)
+    peek = _read_exact(fh, 6)
+    if len(peek) < 6:
+        pass
+    elif ts is None:
+        group = struct.unpack_from("<H", peek)[0]
+        if peek[4:6] in _VR_ALL:
+            implicit = False
+            if group >= 1024:
+                little = False
+    elif ts == ImplicitVRLittleEndian:
+        pass
+    elif ts == ExplicitVRBigEndian:
+        implicit, little = False, False
+    else:
+        implicit = False
+    # pydicom re-checks the first body element's VR bytes and follows what it finds
+    if len(peek) == 6 and ts != DeflatedExplicitVRLittleEndian:
+        implicit = not (0x40 < peek[4] < 0x5B and 0x40 < peek[5] < 0x5B)
+    return _Layout(preamble, meta_start, body_start, ts, implicit, little, has_meta)
+
+
+def _transfer_syntax_for(layout: _Layout) -> str:
+    if layout.transfer_syntax:
+        return layout.transfer_syntax
+    if layout.implicit:
+        return ImplicitVRLittleEndian
+    return ExplicitVRLittleEndian if layout.little else ExplicitVRBigEndian
+
+
+# --------------------------------------------------------------------------------------------
+# read
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _quiet_pydicom() -> Iterator[None]:
+    """Silence pydicom warnings (their texts may quote values) and keep its forgiving defaults
+    from hiding problems we want to see as exceptions."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _force_read(ds: Dataset, depth: int, limits: ReadLimits) -> None:
+    """Convert every element once (values, nested sequences) so malformed content fails here."""
+    if depth > limits.max_depth:
+        raise InputFileError("too-deep", "sequences nested too deeply")
+    for tag in list(ds.keys()):
+        elem = ds[tag]
+        value = elem.value
+        if elem.VR == "SQ":
+            if not isinstance(value, Sequence):
+                raise InputFileError("malformed", "sequence could not be parsed")
+            if len(value) > limits.max_items:
+                raise InputFileError("too-many-items", "too many items in a sequence")
+            for item in value:
+                _force_read(item, depth + 1, limits)
+
+
+def _map_exception(exc: BaseException) -> InputFileError:
+    """Turn any parser/OS exception into a PHI-free InputFileError (never uses str(exc))."""
+    if isinstance(exc, InputFileError):
+        return exc
+    if isinstance(exc, RecursionError):
+        return InputFileError("too-deep", "structure nested too deeply")
+    if isinstance(exc, MemoryError):
+        return InputFileError("too-large", "file needs too much memory to parse")
+    if isinstance(exc, EOFError):
+        return InputFileError("truncated", "file ends unexpectedly")
+    if isinstance(exc, (PermissionError, IsADirectoryError, FileNotFoundError)):
+        return InputFileError("unreadable", "file cannot be read")
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return InputFileError("unreadable", "file cannot be read")
+    if isinstance(exc, pydicom.errors.InvalidDicomError):
+        return InputFileError("not-dicom", "not a DICOM file")
+    return InputFileError("malformed", f"file could not be parsed ({type(exc).__name__})")
+
+
+def read_dicom(path: str | os.PathLike[str], *, limits: ReadLimits = DEFAULT_LIMITS) -> ReadResult:
+    """Read a DICOM file safely; pixel data stays in the source file (see :class:`PixelRef`).
+
+    Raises InputFileError with codes: ``unreadable``, ``empty``, ``not-dicom``, ``truncated``,
+    ``malformed``, ``length-overflow``, ``too-deep``, ``too-many-items``, ``too-many-elements``,
+    ``too-large``, ``encoding-mismatch``.
+    """
+    try:
+        return _read_dicom(Path(os.fspath(path)), limits)
+    except InputFileError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a quarantine reason
+        raise _map_exception(exc) from None
+
+
+def _read_dicom(path: Path, limits: ReadLimits) -> ReadResult:
+    fh, st = _open_regular(path)
+    with fh:
+        size = st.st_size
+        if size == 0:
+            raise InputFileError("empty", "file is empty")
+        layout = _layout(fh, size)
+        if layout.preamble is None and not layout.has_meta:
+            fh.seek(0)
+            if _plausible_first_element(_read_exact(fh, 4096), size) is None:
+                raise InputFileError("not-dicom", "not a DICOM file")
+        if layout.body_start >= size:
+            raise InputFileError("malformed", "file has no dataset")
+        deflated = layout.transfer_syntax == DeflatedExplicitVRLittleEndian
+        if layout.implicit and not layout.little:
+            raise InputFileError("malformed", "implicit VR big endian is not a valid encoding")
+        if deflated:
+            walker = _walk_deflated(fh, layout, limits)
+        else:
+            walker = _Walker(fh, size, layout.little, limits)
+            walker.dataset(layout.body_start, size, layout.implicit, 0, top=True)
+        if walker.trailing:
+            raise InputFileError("truncated", "file ends inside an element header")
+        ts = _transfer_syntax_for(layout)
+
+        with _quiet_pydicom():
+            fh.seek(0)
+            ds = pydicom.dcmread(fh, stop_before_pixels=not deflated, force=True)
+            enc = ds.original_encoding
+            if not deflated and enc[1] != layout.little:
+                raise InputFileError("encoding-mismatch", "byte order of the dataset is ambiguous")
+            pixel_ref = None
+            if not deflated:
+                pixel_ref = _attach_tail(fh, ds, walker, layout, path, st, ts)
+            _force_read(ds, 0, limits)
+            _force_read(ds.file_meta, 0, limits)
+    ds.filename = None  # no lazy re-reads from the source behind our back
+    threat = preamble_threat(layout.preamble)
+    return ReadResult(
+        dataset=ds,
+        preamble=layout.preamble,
+        preamble_threat=threat,
+        pixel_ref=pixel_ref,
+        transfer_syntax=ts,
+        is_implicit_vr=layout.implicit,
+        is_little_endian=layout.little,
+        has_file_meta=layout.has_meta,
+        trailing_bytes=walker.trailing,
+        size=size,
+    )
+
+
+def _walk_deflated(fh: BinaryIO, layout: _Layout, limits: ReadLimits) -> _Walker:
+    """Inflate with a hard output bound (pydicom inflates unbounded: a zip bomb), then walk."""
+    fh.seek(layout.body_start)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    out = io.BytesIO()
+    try:
+        while True:
+            chunk = _read_exact(fh, COPY_CHUNK)
+            if not chunk:
+                break
+            data = inflater.decompress(chunk, limits.max_inflated_bytes + 1 - out.tell())
+            out.write(data)
+            if out.tell() > limits.max_inflated_bytes or inflater.unconsumed_tail:
+                raise InputFileError("too-large", "deflated dataset inflates too large")
+        out.write(inflater.flush())
+    except zlib.error:
+        raise InputFileError("malformed", "deflated dataset is corrupt") from None
+    size = out.tell()
+    walker = _Walker(out, size, True, limits)
+    walker.dataset(0, size, False, 0, top=True)
+    return walker
+
+
+def _attach_tail(
+    fh: BinaryIO,
+    ds: FileDataset,
+    walker: _Walker,
+    layout: _Layout,
+    path: Path,
+    st: os.stat_result,
+    ts: str,
+) -> PixelRef | None:
+    """pydicom stopped at the first top-level pixel tag: parse what follows it, except Pixel Data
+    itself, element by element (each value is bounded by the walk), and describe Pixel Data."""
+    tops = walker.top
+    first = next((i for i, t in enumerate(tops) if t.tag in _PIXEL_TAGS), None)
+    if first is None:
+        return None
+    pixel_ref = None
+    charset = ds._character_set  # noqa: SLF001 - pydicom's resolved text encoding
+    for i in range(first, len(tops)):
+        t = tops[i]
+        if t.tag == PIXEL_DATA_TAG:
+            pixel_ref = PixelRef(
+                path=path,
+                start=t.start,
+                value_offset=t.value_offset,
+                end=t.end,
+                encapsulated=t.undefined,
+                vr=t.vr,
+                is_implicit_vr=layout.implicit,
+                is_little_endian=layout.little,
+                transfer_syntax=ts,
+                is_last_element=i == len(tops) - 1,
+                source_size=st.st_size,
+                source_mtime_ns=st.st_mtime_ns,
+            )
+            continue
+        fh.seek(t.start)
+        raw = _read_exact(fh, t.end - t.start)
+        part = read_dataset(
+            io.BytesIO(raw),
+            layout.implicit,
+            layout.little,
+            bytelength=None,
+            parent_encoding=charset,
+        )
+        for tag in part.keys():
+            ds[tag] = part[tag]
+    return pixel_ref
+
+
+def read_header(path: str | os.PathLike[str], *, limits: ReadLimits = DEFAULT_LIMITS) -> Dataset:
+    """The dataset without pixel data (same checks as :func:`read_dicom`).
+
+    Discovery uses it for study grouping. The structural walk only reads element headers, so the
+    cost is proportional to the number of elements, not to the pixel data size.
+    """
+    return read_dicom(path, limits=limits).dataset
+
+
+# --------------------------------------------------------------------------------------------
+# Pixel data access (for code that must change pixels)
+# --------------------------------------------------------------------------------------------
+
+
+def iter_pixel_chunks(
+    ref: PixelRef, *, chunk: int = COPY_CHUNK, include_header: bool = False
+) -> Iterator[bytes]:
+    """Yield the raw Pixel Data bytes (value only, or element header + value) in chunks.
+
+    Checks that the source has not changed since it was read (size, mtime, element header).
+    """
+    fh, st = _open_regular(ref.path)
+    with fh:
+        if st.st_size != ref.source_size or st.st_mtime_ns != ref.source_mtime_ns:
+            raise InputFileError("changed", "file changed during the run")
+        pos = ref.start if include_header else ref.value_offset
+        remaining = ref.end - pos
+        fh.seek(pos)
+        while remaining > 0:
+            data = _read_exact(fh, min(chunk, remaining))
+            if not data:
+                raise InputFileError("changed", "file changed during the run")
+            remaining -= len(data)
+            yield data
+
+
+def load_pixel_data(ds: Dataset, ref: PixelRef) -> None:
+    """Load Pixel Data into ``ds`` (in memory!) for code that must edit pixels.
+
+    Once ``ds`` holds PixelData, :func:`write_dicom` writes it from ``ds`` and ignores any
+    ``pixel_ref``. For encapsulated data the value is the item stream without the final Sequence
+    Delimitation Item, which is how pydicom represents it.
+    """
+    value = b"".join(iter_pixel_chunks(ref))
+    if ref.encapsulated:
+        value = value[:-8]
+    vr = ref.vr or ("OB" if ref.encapsulated else _native_pixel_vr(ds))
+    ds.add_new(PIXEL_DATA_TAG, vr, value)
+    if ref.encapsulated:
+        ds[PIXEL_DATA_TAG].is_undefined_length = True
+
+
+def _native_pixel_vr(ds: Dataset) -> str:
+    return "OB" if int(ds.get("BitsAllocated", 16) or 16) <= 8 else "OW"
+
+
+# --------------------------------------------------------------------------------------------
+# write
+# --------------------------------------------------------------------------------------------
+
+
+def _encoding_for(ts: str) -> tuple[bool, bool]:
+    """(implicit VR, little endian) of the dataset encoding of a transfer syntax."""
+    if ts == ImplicitVRLittleEndian:
+        return True, True
+    if ts == ExplicitVRBigEndian:
+        return False, False
+    return False, True
+
+
+def _output_transfer_syntax(ds: Dataset, pixel_ref: PixelRef | None) -> str:
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    if ts:
+        return str(ts)
+    if pixel_ref is not None:
+        return pixel_ref.transfer_syntax
+    enc = getattr(ds, "original_encoding", (None, None))
+    if enc == (True, True):
+        return ImplicitVRLittleEndian
+    if enc == (False, False):
+        return ExplicitVRBigEndian
+    return ExplicitVRLittleEndian
+
+
+def build_file_meta(ds: Dataset, transfer_syntax: str) -> FileMetaDataset:
+    """A fresh, minimal Part 10 file meta for ``ds``.
+
+    Built from scratch rather than copied so that nothing from the source meta (source AE titles,
+    private information, the original SOP Instance UID) can reach the output.
+    """
+    sop_class = ds.get("SOPClassUID")
+    sop_instance = ds.get("SOPInstanceUID")
+    if not sop_class or not sop_instance:
+        raise InputFileError("no-sop-uid", "dataset lacks SOPClassUID or SOPInstanceUID")
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = UID(str(sop_class))
+    meta.MediaStorageSOPInstanceUID = UID(str(sop_instance))
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    return meta
+
+
+def write_dicom(
+    ds: Dataset,
+    out_path: str | os.PathLike[str],
+    *,
+    pixel_ref: PixelRef | None = None,
+    source_path: str | os.PathLike[str] | None = None,
+) -> None:
+    """Write ``ds`` as a DICOM Part 10 file, atomically, with a zeroed preamble.
+
+    - File meta is rebuilt (see :func:`build_file_meta`); the transfer syntax is kept.
+    - If ``ds`` has no top-level PixelData and ``pixel_ref`` is given, the source's Pixel Data
+      element is copied verbatim in 1 MiB chunks between the elements before and after it.
+      ``source_path`` overrides ``pixel_ref.path`` (e.g. if the caller moved the source).
+    - Raises OutputError on write failures (nothing is left behind), InputFileError("changed")
+      if the source changed since it was read.
+    """
+    ts = _output_transfer_syntax(ds, pixel_ref)
+    implicit, little = _encoding_for(ts)
+    stream = pixel_ref is not None and PIXEL_DATA_TAG not in ds
+    if stream:
+        assert pixel_ref is not None
+        if source_path is not None:
+            pixel_ref = _replace_path(pixel_ref, Path(os.fspath(source_path)))
+        if ts == DeflatedExplicitVRLittleEndian:
+            raise ValueError("cannot stream pixel data into a deflated dataset")
+        if pixel_ref.encapsulated and not little:
+            raise ValueError("encapsulated pixel data cannot be written big endian")
+    meta = build_file_meta(ds, ts)
+    try:
+        with atomic_writer(out_path) as fh, _quiet_pydicom():
+            if ts == DeflatedExplicitVRLittleEndian:
+                _write_whole(fh, ds, meta)
+            else:
+                _write_parts(fh, ds, meta, implicit, little, pixel_ref if stream else None)
+    except (InputFileError, OutputError, ValueError):
+        raise
+    except OSError as exc:
+        raise OutputError(f"cannot write output file ({exc.strerror or 'I/O error'})") from None
+    except Exception as exc:  # noqa: BLE001 - pydicom encoding errors may quote values
+        raise InputFileError("unwritable", f"dataset could not be encoded ({type(exc).__name__})") from None
+
+
+def _replace_path(ref: PixelRef, path: Path) -> PixelRef:
+    from dataclasses import replace
+
+    return replace(ref, path=path)
+
+
+def _pixel_header(ref: PixelRef, ds: Dataset, implicit: bool, little: bool) -> bytes:
+    """Pixel Data element header in the *output* encoding (the source's may differ, e.g. a file
+    whose meta says explicit VR but whose body is implicit VR)."""
+    e = "<" if little else ">"
+    length = _UNDEFINED if ref.encapsulated else ref.value_length
+    tag = struct.pack(e + "HH", PIXEL_DATA_TAG >> 16, PIXEL_DATA_TAG & 0xFFFF)
+    if implicit:
+        return tag + struct.pack(e + "L", length)
+    vr = ref.vr if ref.vr in ("OB", "OW") else ("OB" if ref.encapsulated else _native_pixel_vr(ds))
+    return tag + vr.encode("ascii") + b"\x00\x00" + struct.pack(e + "L", length)
+
+
+def _stream_pixel_data(fh: IO[bytes], ref: PixelRef, ds: Dataset, implicit: bool, little: bool) -> None:
+    """Copy the source's Pixel Data value in 1 MiB chunks, byte-swapping 16-bit words only when
+    the byte order changes (big endian source written little endian or the reverse)."""
+    header = _pixel_header(ref, ds, implicit, little)
+    fh.write(header)
+    swap = (
+        ref.is_little_endian != little
+        and not ref.encapsulated
+        and _native_pixel_vr(ds) == "OW"
+    )
+    if swap and ref.value_length % 2:
+        raise InputFileError("malformed", "odd-length 16-bit pixel data")
+    for chunk in iter_pixel_chunks(ref):
+        fh.write(_swap16(chunk) if swap else chunk)
+
+
+def _swap16(data: bytes) -> bytes:
+    arr = bytearray(data)
+    arr[0::2], arr[1::2] = data[1::2], data[0::2]
+    return bytes(arr)
+
+
+def _write_whole(fh: IO[bytes], ds: Dataset, meta: FileMetaDataset) -> None:
+    out = Dataset(ds)
+    out.file_meta = meta
+    out.preamble = b"\x00" * 128
+    pydicom.dcmwrite(fh, out, enforce_file_format=True)
+
+
+def _write_parts(
+    fh: IO[bytes],
+    ds: Dataset,
+    meta: FileMetaDataset,
+    implicit: bool,
+    little: bool,
+    pixel_ref: PixelRef | None,
+) -> None:
+    fh.write(b"\x00" * 128 + b"DICM")
+    fp = DicomFileLike(fh)
+    fp.is_implicit_VR = False
+    fp.is_little_endian = True
+    write_file_meta_info(fp, meta, enforce_standard=True)
+    fp.is_implicit_VR = implicit
+    fp.is_little_endian = little
+    tags = sorted(t for t in ds.keys() if (t >> 16) not in (0x0000, 0x0002))
+    whole = Dataset({t: ds[t] for t in tags})
+    if not implicit:
+        # resolve "US or SS", "OB or OW" ... from PixelRepresentation etc. (needed for explicit VR)
+        correct_ambiguous_vr(whole, little)
+    head = Dataset({t: whole.get_item(t) for t in tags if t < PIXEL_DATA_TAG})
+    tail = Dataset({t: whole.get_item(t) for t in tags if t >= PIXEL_DATA_TAG})
+    charset = ds._character_set  # noqa: SLF001
+    head.set_original_encoding(implicit, little, charset)
+    write_dataset(fp, head, parent_encoding=charset)
+    if pixel_ref is not None:
+        _stream_pixel_data(fh, pixel_ref, ds, implicit, little)
+    if len(tail):
+        tail.set_original_encoding(implicit, little, charset)
+        write_dataset(fp, tail, parent_encoding=charset)

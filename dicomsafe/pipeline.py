@@ -1,0 +1,220 @@
+"""A de-identification run over a tree: discover, group into studies, process, commit, report.
+
+The run is split in two on purpose: workers (dicomsafe.deidentify) read, transform, write to
+staging and verify; the single writer here commits staged files by rename, keeps the accounting
+(inputs = written + quarantined + skipped), writes quarantine entries and the report. The batch
+layer (executors, ledger, resume) plugs in at :func:`process_unit` and :class:`Writer`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from . import __version__
+from .deidentify import Deidentifier, FileResult
+from .discover import SourceFile, discover, group_studies
+from .errors import ConfigError, OutputError
+from .fsutil import atomic_writer, write_bytes_atomic
+from .profiles import Profile
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = ".dicomsafe"
+DEFAULT_QUARANTINE = "dicomsafe-quarantine"
+
+
+@dataclass
+class RunSettings:
+    src: Path
+    dst: Path
+    profile: Profile
+    secret: bytes
+    quarantine: Path | None = None
+    report: Path | None = None
+    quiet: bool = False
+    verify: bool = True
+
+    def resolved_quarantine(self) -> Path:
+        return self.quarantine if self.quarantine is not None else Path.cwd() / DEFAULT_QUARANTINE
+
+    def resolved_report(self) -> Path:
+        return self.report if self.report is not None else self.dst / STATE_DIR / "report.json"
+
+
+@dataclass
+class Report:
+    """PHI-free run report (DESIGN.md §8)."""
+
+    tool: str = f"dicomsafe {__version__}"
+    command: str = "deidentify"
+    profile: str = ""
+    profile_hash: str = ""
+    options: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=lambda: {"inputs": 0, "written": 0, "quarantined": 0, "skipped": 0})
+    preamble_threats: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    files: list[dict] = field(default_factory=list)
+    started: float = 0.0
+    seconds: float = 0.0
+    bytes_in: int = 0
+
+    def add(self, res: FileResult) -> None:
+        self.counts["inputs"] += 1
+        self.counts[res.outcome] += 1
+        self.bytes_in += res.size
+        if res.preamble_threat:
+            self.preamble_threats += 1
+        entry = {"id": res.file_id, "outcome": res.outcome, "reason": res.reason}
+        if res.preamble_threat:
+            entry["preamble"] = f"{res.preamble_threat} signature cleaned (CVE-2019-11687)"
+        if res.outcome == "quarantined" and res.details:
+            entry["details"] = res.details[:10]
+        self.files.append(entry)
+        if res.reason:
+            self.reasons[res.reason] = self.reasons.get(res.reason, 0) + 1
+
+    def summary(self) -> str:
+        c = self.counts
+        rate = c["inputs"] / self.seconds if self.seconds > 0 else 0.0
+        text = (f"{c['inputs']} inputs: {c['written']} written, {c['quarantined']} quarantined, "
+                f"{c['skipped']} skipped (not DICOM) in {self.seconds:.1f} s ({rate:.1f} files/s)")
+        if self.preamble_threats:
+            text += f"; {self.preamble_threats} executable preamble(s) cleaned"
+        if self.reasons:
+            text += "; reasons: " + ", ".join(f"{k} {v}" for k, v in sorted(self.reasons.items()))
+        return text
+
+
+def check_paths(src: Path, dst: Path, quarantine: Path) -> None:
+    """Refuse layouts that would lose or leak data: missing source, DST inside SRC (outputs would be
+    re-read as inputs), SRC inside DST, quarantine under DST (source paths are PHI)."""
+    if not src.is_dir():
+        raise ConfigError("source directory not found")
+    s, d, q = src.resolve(), dst.resolve(), quarantine.resolve()
+    if d == s or d.is_relative_to(s):
+        raise ConfigError("destination must not be inside the source directory")
+    if s.is_relative_to(d):
+        raise ConfigError("source must not be inside the destination directory")
+    if q.is_relative_to(d):
+        raise ConfigError("quarantine must not be under the destination (it holds source paths)")
+
+
+class Writer:
+    """The single owner of DST: commits staged outputs, quarantines, keeps the report."""
+
+    def __init__(self, settings: RunSettings, report: Report):
+        self.s = settings
+        self.report = report
+        self.committed: set[str] = set()
+        self.quarantine = settings.resolved_quarantine()
+        self._qindex: list[dict] = []
+
+    def commit(self, res: FileResult) -> FileResult:
+        if res.outcome == "written":
+            assert res.staged and res.out_relpath
+            if res.out_relpath in self.committed:
+                Path(res.staged).unlink(missing_ok=True)
+                res = FileResult(file_id=res.file_id, outcome="quarantined", reason="duplicate-sop-instance",
+                                 src_path=res.src_path, size=res.size, preamble_threat=res.preamble_threat,
+                                 details=["another input has the same SOP Instance UID"])
+            else:
+                final = self.s.dst / res.out_relpath
+                try:
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(res.staged, final)
+                except OSError as exc:
+                    raise OutputError(f"cannot commit output file ({exc.strerror})") from None
+                self.committed.add(res.out_relpath)
+        if res.outcome == "quarantined":
+            self._quarantine(res)
+        self.report.add(res)
+        return res
+
+    def _quarantine(self, res: FileResult) -> None:
+        """Copy the input to QUARANTINE/<id> and index id → source path and reason (operator side)."""
+        self.quarantine.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            os.chmod(self.quarantine, 0o700)
+        if res.src_path:
+            try:
+                with open(res.src_path, "rb") as src, atomic_writer(self.quarantine / f"{res.file_id}.dcm", 0o600) as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
+            except OSError:
+                log.warning("file %s: could not copy into quarantine (indexed only)", res.file_id)
+        self._qindex.append({"id": res.file_id, "reason": res.reason, "details": res.details,
+                             "source": os.fsencode(res.src_path or "").decode("utf-8", "surrogateescape")
+                             .encode("utf-8", "backslashreplace").decode("utf-8")})
+
+    def finish(self) -> None:
+        if self._qindex:
+            path = self.quarantine / "index.jsonl"
+            old = path.read_bytes() if path.exists() else b""
+            new = b"".join(json.dumps(e, sort_keys=True).encode() + b"\n" for e in self._qindex)
+            write_bytes_atomic(path, old + new, 0o600)
+        out = self.s.resolved_report()
+        write_bytes_atomic(out, json.dumps(asdict(self.report), indent=2, sort_keys=True).encode() + b"\n")
+
+
+def plan_units(src: Path) -> tuple[list, list[tuple[SourceFile, str]]]:
+    """Discover the tree and group DICOM files into studies (by StudyInstanceUID from headers)."""
+    files = list(discover(src))
+    return group_studies(files)
+
+
+def process_unit(deid: Deidentifier, unit_files: Iterable[SourceFile], staging: Path,
+                 file_id) -> Iterator[FileResult]:
+    """Worker side: de-identify the files of one study, yielding staged results."""
+    for sf in unit_files:
+        yield deid.process_file(sf.path, staging, file_id(sf))
+
+
+def deidentify_tree(settings: RunSettings, *, progress: bool | None = None) -> Report:
+    """Run a whole de-identification; returns the report (also written to disk)."""
+    check_paths(settings.src, settings.dst, settings.resolved_quarantine())
+    report = Report(profile=settings.profile.name, profile_hash=settings.profile.hash,
+                    options=list(settings.profile.options), started=time.time())
+    t0 = time.perf_counter()
+    deid = Deidentifier(settings.profile, settings.secret, verify=settings.verify)
+    staging = settings.dst / STATE_DIR / "staging"
+    if staging.exists():
+        shutil.rmtree(staging)  # leftovers of a killed run: never final outputs
+    staging.mkdir(parents=True, exist_ok=True)
+    writer = Writer(settings, report)
+
+    def file_id(sf: SourceFile) -> str:
+        return deid.pseudo.keyed_id("file", sf.relpath)
+
+    units, others = plan_units(settings.src)
+    total = sum(len(u.files) for u in units) + len(others)
+    bar = _progress(total, settings.quiet if progress is None else not progress)
+    try:
+        for sf, kind in others:
+            writer.commit(FileResult(file_id=file_id(sf), outcome="skipped", reason=kind,
+                                     src_path=os.fspath(sf.path), size=sf.size))
+            bar.update(1)
+        for unit in units:
+            for res in process_unit(deid, unit.files, staging, file_id):
+                writer.commit(res)
+                bar.update(1)
+    finally:
+        bar.close()
+        report.seconds = time.perf_counter() - t0
+        writer.finish()
+        shutil.rmtree(staging, ignore_errors=True)
+    return report
+
+
+def _progress(total: int, quiet: bool):
+    from tqdm import tqdm
+
+    disable = quiet or not sys.stderr.isatty()
+    return tqdm(total=total, unit="file", disable=disable, dynamic_ncols=True, leave=False)

@@ -163,10 +163,13 @@ class Deidentifier:
 def _output_relpath(ds: Dataset, token: str) -> str:
     """DST/<patient token>/<study uid>/<series uid>/<sop uid>.dcm — from pseudonyms only."""
     parts = []
-    for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+    for kw, missing in (("StudyInstanceUID", "no-study-uid"), ("SeriesInstanceUID", "no-series-uid"),
+                        ("SOPInstanceUID", None)):
         v = str(ds.get(kw, "") or "").strip()
         if not v or not all(c.isdigit() or c == "." for c in v):
-            raise InputFileError("missing-uid", f"{kw} missing or invalid")
+            if missing is None:
+                raise InputFileError("missing-uid", f"{kw} missing or invalid")
+            v = missing  # still a useful image; the path says what the header lacks
         parts.append(v)
     return f"{token}/{parts[0]}/{parts[1]}/{parts[2]}.dcm"
 

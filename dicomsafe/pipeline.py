@@ -88,7 +88,7 @@ class Report:
         text = (f"{c['inputs']} inputs: {c['written']} written, {c['quarantined']} quarantined, "
                 f"{c['skipped']} skipped (not DICOM) in {self.seconds:.1f} s ({rate:.1f} files/s)")
         if self.preamble_threats:
-            text += f"; {self.preamble_threats} executable preamble(s) cleaned"
+            text += f"; {self.preamble_threats} polyglot preamble(s) cleaned (CVE-2019-11687)"
         if self.reasons:
             text += "; reasons: " + ", ".join(f"{k} {v}" for k, v in sorted(self.reasons.items()))
         return text

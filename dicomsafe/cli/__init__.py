@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from .. import __version__
+from .. import __version__, safelog
 from ..errors import (
     ConfigError,
     CryptoError,
@@ -68,13 +68,9 @@ class DicomsafeGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("dicomsafe: interrupted", err=True)
             ctx.exit(EXIT_INTERRUPTED)
-        except DicomsafeError as exc:
-            click.echo(f"dicomsafe: error: {exc}", err=True)
+        except (DicomsafeError, OSError) as exc:
+            click.echo(f"dicomsafe: error: {safelog.safe_error_text(exc)}", err=True)
             ctx.exit(exit_code_for(exc))
-        except OSError as exc:
-            # strerror only: the filename attribute may be a PHI-bearing source path.
-            click.echo(f"dicomsafe: error: {exc.strerror or type(exc).__name__}", err=True)
-            ctx.exit(EXIT_IO)
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
@@ -85,7 +81,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
         level = logging.DEBUG
     if quiet:
         level = logging.ERROR
-    logging.basicConfig(level=level, format="dicomsafe: %(levelname)s: %(message)s", stream=sys.stderr)
+    safelog.configure(level)
 
 
 @click.group(cls=DicomsafeGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,0 +1,273 @@
+"""Find the input files of a run and group them into studies.
+
+Why this module exists: "every input accounted" starts with a precise, repeatable definition of
+what an input is. Archives contain symlinks (some pointing outside the tree, some in loops), hard
+links, names that are not valid UTF-8 or contain newlines, FIFOs, unreadable files, and the same
+study spread over many folders. The rules here:
+
+- Order is deterministic: files are yielded sorted by the bytes of their relative path, so two runs
+  over the same tree see the same inputs in the same order on any machine and locale.
+- A symlink is followed only when its fully resolved target lies inside the source tree; a link
+  out of the tree, a broken link and a link loop are skipped (and counted in :class:`WalkStats`).
+  Directory symlink loops cannot trap the walk: each real directory is listed once.
+- One file = one input: entries are de-duplicated by (device, inode). A symlink to a file in the
+  tree, and hard links (several names, one inode, hence the same bytes) count once. The kept name
+  is the one reached without symlinks, else the first in sorted order; the others are listed in
+  :attr:`SourceFile.aliases` so a report can mention them.
+- Non-regular files (FIFOs, sockets, devices) are still yielded, with ``regular=False``, so they
+  are accounted for; :func:`classify` calls them "unreadable" and they end up in quarantine.
+  They are never opened in a way that could block.
+- Our own state directories (``.dicomsafe``) are skipped.
+- Studies are grouped by the StudyInstanceUID in each file's header, not by folder.
+
+Paths can be PHI: no message or log line here contains one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from . import dicomio
+from .errors import ConfigError, InputFileError
+
+log = logging.getLogger(__name__)
+
+STATE_DIR_NAMES = frozenset({".dicomsafe"})
+
+#: classes returned by :func:`classify`
+DICOM = "dicom"
+DICOMDIR = "dicomdir"
+NOT_DICOM = "not-dicom"
+EMPTY = "empty"
+UNREADABLE = "unreadable"
+
+#: study_uid of the unit that holds DICOM files without a readable StudyInstanceUID
+NO_STUDY = ""
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One input file, identified by (dev, ino); ``path`` is how it was reached under ``src``."""
+
+    path: Path
+    relpath: str  # relative to src; non-UTF-8 bytes kept via surrogateescape (os.fsdecode)
+    size: int
+    mtime_ns: int
+    dev: int
+    ino: int
+    regular: bool = True
+    aliases: tuple[str, ...] = ()  # other relpaths of the same (dev, ino): symlinks, hard links
+
+    @property
+    def relpath_bytes(self) -> bytes:
+        """The relative path as raw bytes (the sort key; exact even for non-UTF-8 names)."""
+        return os.fsencode(self.relpath)
+
+
+@dataclass
+class WalkStats:
+    """PHI-free counts of what the walk skipped, for the run report."""
+
+    symlinks_outside: int = 0
+    symlinks_broken: int = 0
+    duplicates: int = 0  # extra names (symlinks, hard links) of a file already counted
+    dirs_unreadable: int = 0
+    dirs_revisited: int = 0  # directory reached twice (symlink to a dir in the tree, loops)
+    vanished: int = 0  # listed, then gone before it could be examined
+    state_dirs: int = 0
+
+
+@dataclass
+class StudyUnit:
+    """All files of one study (the unit of work). ``study_uid == ""`` holds DICOM files whose
+    study could not be determined; the pipeline processes (and quarantines) them one by one."""
+
+    study_uid: str
+    files: list[SourceFile] = field(default_factory=list)
+
+
+def _inside(root_real: bytes, target_real: bytes) -> bool:
+    """Is the resolved ``target_real`` the resolved root or below it?"""
+    sep = os.sep.encode()
+    return target_real == root_real or target_real.startswith(root_real.rstrip(sep) + sep)
+
+
+def discover(src: str | os.PathLike[str], *, stats: WalkStats | None = None) -> Iterator[SourceFile]:
+    """Yield every input file under ``src`` once, sorted by relative path bytes.
+
+    Raises ConfigError if ``src`` is missing or not a directory (the message never contains the
+    path: the operator typed it, and it may name a patient).
+    """
+    stats = stats if stats is not None else WalkStats()
+    root = Path(os.fspath(src))
+    try:
+        st_root = os.stat(root)
+    except FileNotFoundError:
+        raise ConfigError("source directory not found") from None
+    except OSError as exc:
+        raise ConfigError(f"source directory cannot be read ({exc.strerror})") from None
+    if not stat.S_ISDIR(st_root.st_mode):
+        raise ConfigError("source is not a directory")
+    root_real = os.fsencode(os.path.realpath(root))
+
+    # (dev, ino) -> (via_symlink, relpath bytes, SourceFile without aliases)
+    found: dict[tuple[int, int], tuple[bool, bytes, SourceFile]] = {}
+    aliases: dict[tuple[int, int], list[bytes]] = {}
+    seen_dirs: set[tuple[int, int]] = {(st_root.st_dev, st_root.st_ino)}
+    # stack of (directory path as bytes, relative prefix bytes, reached via a symlink)
+    stack: list[tuple[bytes, bytes, bool]] = [(os.fsencode(root), b"", False)]
+    # directories reached through a symlink wait until every real directory has been listed, so
+    # a file is always found under its real name first
+    link_stack: list[tuple[bytes, bytes, tuple[int, int]]] = []
+
+    def add(st: os.stat_result, path_b: bytes, rel_b: bytes, via_link: bool) -> None:
+        key = (st.st_dev, st.st_ino)
+        sf = SourceFile(
+            path=Path(os.fsdecode(path_b)),
+            relpath=os.fsdecode(rel_b),
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+            dev=st.st_dev,
+            ino=st.st_ino,
+            regular=stat.S_ISREG(st.st_mode),
+        )
+        cand = (via_link, rel_b, sf)
+        prev = found.get(key)
+        if prev is None:
+            found[key] = cand
+            return
+        stats.duplicates += 1
+        if (cand[0], cand[1]) < (prev[0], prev[1]):
+            found[key] = cand
+            aliases.setdefault(key, []).append(prev[1])
+        else:
+            aliases.setdefault(key, []).append(rel_b)
+
+    while stack or link_stack:
+        if stack:
+            dir_b, rel_prefix, dir_via_link = stack.pop()
+        else:
+            dir_b, rel_prefix, key = link_stack.pop()
+            if key in seen_dirs:
+                stats.dirs_revisited += 1
+                continue
+            seen_dirs.add(key)
+            dir_via_link = True
+        try:
+            with os.scandir(dir_b) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            stats.dirs_unreadable += 1
+            continue
+        subdirs: list[tuple[bytes, bytes, bool]] = []
+        link_subdirs: list[tuple[bytes, bytes, bool, os.stat_result]] = []
+        for entry in entries:
+            name_b = entry.name  # bytes, because we scan a bytes path
+            rel_b = rel_prefix + name_b
+            path_b = entry.path
+            try:
+                is_link = entry.is_symlink()
+                if is_link:
+                    target_real = os.path.realpath(path_b)
+                    if not _inside(root_real, target_real):
+                        stats.symlinks_outside += 1
+                        continue
+                    try:
+                        st = os.stat(path_b)  # follows the link
+                    except OSError:
+                        stats.symlinks_broken += 1  # broken or a loop (ELOOP)
+                        continue
+                else:
+                    st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                stats.vanished += 1
+                continue
+            except OSError:
+                stats.vanished += 1
+                continue
+            via_link = dir_via_link or is_link
+            if stat.S_ISDIR(st.st_mode):
+                if os.fsdecode(name_b) in STATE_DIR_NAMES:
+                    stats.state_dirs += 1
+                    continue
+                if via_link:
+                    link_subdirs.append((path_b, rel_b + b"/", True, st))
+                else:
+                    key = (st.st_dev, st.st_ino)
+                    if key in seen_dirs:
+                        stats.dirs_revisited += 1
+                        continue
+                    seen_dirs.add(key)
+                    subdirs.append((path_b, rel_b + b"/", False))
+            else:
+                add(st, path_b, rel_b, via_link)
+        # push in reverse so directories are listed in name order (the final sort decides anyway)
+        stack.extend(reversed(subdirs))
+        link_stack.extend(
+            (p, r, (st.st_dev, st.st_ino)) for p, r, _, st in reversed(link_subdirs)
+        )
+
+    ordered = sorted(found.items(), key=lambda kv: kv[1][1])
+    for key, (_, _, sf) in ordered:
+        extra = aliases.get(key)
+        if extra:
+            sf = SourceFile(**{**sf.__dict__, "aliases": tuple(os.fsdecode(a) for a in sorted(extra))})
+        yield sf
+
+
+def classify(sf: SourceFile) -> str:
+    """"dicom", "dicomdir", "not-dicom", "empty" or "unreadable" (from the first bytes only)."""
+    if not sf.regular:
+        return UNREADABLE
+    try:
+        return dicomio.sniff(sf.path)
+    except InputFileError:
+        return UNREADABLE
+
+
+def study_uid_of(sf: SourceFile) -> str:
+    """StudyInstanceUID from the header, or "" when the file cannot be read or has none."""
+    try:
+        ds = dicomio.read_header(sf.path)
+    except InputFileError:
+        return NO_STUDY
+    value = ds.get("StudyInstanceUID")
+    if value is None:
+        return NO_STUDY
+    uid = str(value).strip().strip("\x00")
+    return uid
+
+
+def group_studies(
+    files: Iterable[SourceFile],
+) -> tuple[list[StudyUnit], list[tuple[SourceFile, str]]]:
+    """Group DICOM files into studies by StudyInstanceUID (not by folder).
+
+    Returns (units, others):
+    - units sorted by study_uid, files in each by relative path; the unit with study_uid ""
+      (DICOM without a readable StudyInstanceUID, and unreadable files) comes last;
+    - others: (file, class) for "not-dicom", "dicomdir" and "empty" files, in input order. The
+      pipeline counts them as skipped.
+    """
+    by_study: dict[str, list[SourceFile]] = {}
+    others: list[tuple[SourceFile, str]] = []
+    for sf in files:
+        kind = classify(sf)
+        if kind == DICOM:
+            uid = study_uid_of(sf)
+        elif kind == UNREADABLE:
+            uid = NO_STUDY
+        else:
+            others.append((sf, kind))
+            continue
+        by_study.setdefault(uid, []).append(sf)
+    units = [
+        StudyUnit(uid, sorted(fs, key=lambda f: f.relpath_bytes))
+        for uid, fs in sorted(by_study.items(), key=lambda kv: (kv[0] == NO_STUDY, kv[0]))
+    ]
+    return units, others

@@ -958,6 +958,16 @@ def write_dicom(
     - Raises OutputError on write failures (nothing is left behind), InputFileError("changed")
       if the source changed since it was read.
     """
+    with _quiet_pydicom():
+        _write_dicom(ds, Path(os.fspath(out_path)), pixel_ref, source_path)
+
+
+def _write_dicom(
+    ds: Dataset,
+    out_path: Path,
+    pixel_ref: PixelRef | None,
+    source_path: str | os.PathLike[str] | None,
+) -> None:
     ts = _output_transfer_syntax(ds, pixel_ref)
     implicit, little = _encoding_for(ts)
     stream = pixel_ref is not None and PIXEL_DATA_TAG not in ds
@@ -971,7 +981,7 @@ def write_dicom(
             raise ValueError("encapsulated pixel data cannot be written big endian")
     meta = build_file_meta(ds, ts)
     try:
-        with atomic_writer(out_path) as fh, _quiet_pydicom():
+        with atomic_writer(out_path) as fh:
             if ts == DeflatedExplicitVRLittleEndian:
                 _write_whole(fh, ds, meta)
             else:

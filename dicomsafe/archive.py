@@ -355,6 +355,28 @@ class ArchiveReport:
                 + f" in {self.seconds:.1f} s")
 
 
+def sweep_temp_files(root: Path, subdirs: Iterable[str] | None = None) -> int:
+    """Remove temporary files a killed run left (``.<name>.<random>.tmp`` of atomic_writer).
+
+    Only safe while holding the destination lock: then no other writer can own them. They
+    never hold cleartext here (objects and catalog are encrypted before they are written).
+    """
+    from .fsutil import TMP_SUFFIX
+
+    removed = 0
+    tops = [root / d for d in subdirs] if subdirs is not None else [root]
+    for top in tops:
+        if not top.is_dir():
+            continue
+        for dirpath, _dirs, files in os.walk(top):
+            for name in files:
+                if name.startswith(".") and name.endswith(TMP_SUFFIX):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(dirpath, name))
+                        removed += 1
+    return removed
+
+
 def _check_layout(src: Path, dst: Path) -> None:
     if not src.is_dir():
         raise ConfigError("source directory not found")
@@ -465,6 +487,9 @@ def archive_tree(
             led.set_meta("kind", "archive")
             led.set_meta("secret_check", check)
         led.begin_run(run_id, "archive", started)
+        swept = sweep_temp_files(dst_p, ["objects", "catalog", ".dicomsafe"])
+        if swept:
+            log.info("removed %d temporary file(s) left by an interrupted run", swept)
         entries: list[dict[str, Any]] = []
         try:
             units, others = group_studies(discover(src_p))

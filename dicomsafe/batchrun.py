@@ -126,6 +126,10 @@ def run_deidentify(
         led.set_meta("kind", "deidentify")
         led.set_meta("settings_check", check)
         led.begin_run(run_id, "deidentify", started)
+        if resume:  # temp files of a killed run (we hold the lock: nobody else owns them)
+            from .archive import sweep_temp_files
+
+            sweep_temp_files(settings.dst)
         staging = settings.dst / STATE_DIR / "staging"
         if staging.exists():
             shutil.rmtree(staging)  # leftovers of a killed run: never final outputs

@@ -256,3 +256,31 @@ def test_kill_9_mid_archive_then_rerun_completes(tmp_path, keys):
     restore(dst, tmp_path / "out", _ids(keys))
     assert _dicom_bytes(tmp_path / "out") == _dicom_bytes(src)
     assert len(latest := {e["study_key"] for e in load_catalog(dst, _ids(keys))}) == 12, latest
+
+
+def test_hostile_corpus_archive_has_no_planted_phi_and_restores_every_dicom(tmp_path, keys):
+    from dicomsafe.corpus import build_corpus, find_planted
+
+    corpus = build_corpus(tmp_path / "src", seed=3, patients=3)
+    dst = tmp_path / "archive"
+    r = _cli("archive", tmp_path / "src", dst, "-R", keys / "recipients.txt", "--secret-file", keys / "secret",
+             "--jobs", "2")
+    assert r.returncode == 0, r.stderr
+    assert find_planted(corpus, dst) == []
+    assert find_planted(corpus, tmp_path / "empty", text=r.stdout + r.stderr) == []
+    rep = verify_archive(dst, _ids(keys))
+    assert rep.ok, rep.problems
+    out = tmp_path / "out"
+    restore(dst, out, _ids(keys))
+    restored = tree_bytes(out, skip_state=False)
+    original = tree_bytes(tmp_path / "src", skip_state=False)
+    assert restored and all(original[k] == v for k, v in restored.items())
+    # every input is either restored bit-exact or was one of the non-DICOM files the archive skips
+    skipped = json_report(dst)["counts"]["skipped"]
+    assert len(restored) + skipped == len(original)
+
+
+def json_report(dst):
+    import json
+
+    return json.loads((dst / ".dicomsafe" / "archive-report.json").read_text())

@@ -127,3 +127,24 @@ def test_missing_recipients_is_a_usage_error(tmp_path, keys, source):
     src, _ = source
     r = _cli("export", src, tmp_path / "exports", "--secret-file", keys / "secret")
     assert r.returncode == 2 and "recipient" in r.stderr
+
+
+@needs_age
+def test_hostile_corpus_export_has_no_planted_phi(tmp_path, keys):
+    from dicomsafe.corpus import build_corpus, find_planted
+
+    corpus = build_corpus(tmp_path / "src", seed=5, patients=2)
+    r = _export(tmp_path, keys, tmp_path / "src")
+    assert r.returncode in (0, 1), r.stderr
+    assert find_planted(corpus, tmp_path / "exports", text=r.stdout + r.stderr) == []
+    (out,) = list((tmp_path / "exports").glob("export-*.tar.age"))
+    x = tmp_path / "x"
+    x.mkdir()
+    subprocess.run(f"age -d -i '{keys / 'key.txt'}' '{out}' | tar -x", shell=True, cwd=x, check=True)
+    assert find_planted(corpus, x) == []
+    (top,) = list(x.iterdir())
+    manifest = json.loads((top / "manifest.json").read_text())
+    c = manifest["counts"]
+    assert c["inputs"] == len(corpus.files) == c["written"] + c["quarantined"] + c["skipped"]
+    assert c["written"] == c["files_in_export"] >= len(corpus.with_outcome("written")) - 5
+    assert list((tmp_path / "tmp").iterdir()) == []

@@ -177,3 +177,18 @@ def test_dask_local_cluster_gives_the_same_tree(corpus, tmp_path):
                              scheduler=cluster.scheduler_address)
     assert rep.counts == ref_report["counts"]
     assert tree_bytes(dst) == tree_bytes(ref)
+
+
+def test_parallel_run_matches_the_single_process_pipeline_on_the_hostile_corpus(tmp_path):
+    from dicomsafe.corpus import build_corpus
+    from dicomsafe.pipeline import deidentify_tree
+
+    build_corpus(tmp_path / "src", seed=2, patients=2)
+    ref = deidentify_tree(_settings(tmp_path / "src", tmp_path / "ref", tmp_path / "q1"))
+    par = run_deidentify(_settings(tmp_path / "src", tmp_path / "par", tmp_path / "q2"), jobs=2)
+    assert par.counts == ref.counts and par.reasons == ref.reasons
+    assert sorted((f["id"], f["outcome"], f["reason"]) for f in par.files) == \
+        sorted((f["id"], f["outcome"], f["reason"]) for f in ref.files)
+    assert tree_bytes(tmp_path / "par") == tree_bytes(tmp_path / "ref")
+    # the operator-side quarantine holds the same files
+    assert sorted(p.name for p in (tmp_path / "q1").iterdir()) == sorted(p.name for p in (tmp_path / "q2").iterdir())

@@ -341,7 +341,7 @@ class ArchiveReport:
     tool: str = f"dicomsafe {__version__}"
     counts: dict[str, int] = field(default_factory=lambda: {
         "inputs": 0, "studies": 0, "archived_studies": 0, "unchanged_studies": 0,
-        "failed_studies": 0, "archived_files": 0, "skipped": 0, "pruned_objects": 0})
+        "failed_studies": 0, "archived_files": 0, "skipped": 0, "quarantined": 0, "pruned_objects": 0})
     studies: list[dict[str, Any]] = field(default_factory=list)  # {id, outcome, version}
     catalog_segment: str | None = None
     seconds: float = 0.0
@@ -351,6 +351,7 @@ class ArchiveReport:
         return (f"{c['inputs']} inputs in {c['studies']} studies: {c['archived_studies']} archived "
                 f"({c['archived_files']} files), {c['unchanged_studies']} unchanged, "
                 f"{c['failed_studies']} failed, {c['skipped']} skipped (not DICOM)"
+                + (f", {c['quarantined']} quarantined by de-identification" if c["quarantined"] else "")
                 + (f", {c['pruned_objects']} old object versions pruned" if c["pruned_objects"] else "")
                 + f" in {self.seconds:.1f} s")
 
@@ -456,8 +457,64 @@ def archive_tree(
     quiet: bool = True,
     audit_log: str | os.PathLike[str] | None = None,
     command: dict[str, Any] | None = None,
+    deidentify_profile: Any = None,
+    quarantine: str | os.PathLike[str] | None = None,
+    tmp_dir: str | os.PathLike[str] | None = None,
 ) -> ArchiveReport:
-    """Archive every new or changed study under ``src`` into ``dst`` (see module docstring)."""
+    """Archive every new or changed study under ``src`` into ``dst`` (see module docstring).
+
+    With ``deidentify_profile``, the studies are first de-identified (same pipeline as
+    ``deidentify``, into a private temporary directory removed afterwards) and the de-identified
+    copies are archived instead of the originals. The temporary tree is rebuilt every run, so
+    changes are then detected by content (SHA-256), not by mtime; de-identification is
+    deterministic, so unchanged studies still produce identical bytes and are not rewritten.
+    """
+    if deidentify_profile is not None:
+        import tempfile
+
+        from .batchrun import run_deidentify
+        from .pipeline import RunSettings
+
+        _check_layout(Path(src), Path(dst))
+        work = Path(tempfile.mkdtemp(prefix="dicomsafe-archive-", dir=tmp_dir))
+        try:
+            os.chmod(work, 0o700)
+            settings = RunSettings(src=Path(src), dst=work / "tree", profile=deidentify_profile, secret=secret,
+                                   quarantine=Path(quarantine) if quarantine else None,
+                                   report=work / "report.json", quiet=quiet)
+            deid = run_deidentify(settings, jobs=jobs, executor=executor, scheduler=scheduler,
+                                  audit_log=work / "audit.jsonl",
+                                  command=audit_mod.command_record("archive-deidentify"))
+            rep = _archive_tree(work / "tree", dst, recipients, secret, fmt=fmt, jobs=jobs, executor=executor,
+                                scheduler=scheduler, checksum=True, retention_days=retention_days, quiet=quiet,
+                                audit_log=audit_log, command=command, content_only=True)
+            rep.counts["quarantined"] = deid.counts["quarantined"]
+            rep.counts["skipped"] += deid.counts["skipped"]
+            return rep
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return _archive_tree(src, dst, recipients, secret, fmt=fmt, jobs=jobs, executor=executor, scheduler=scheduler,
+                         checksum=checksum, retention_days=retention_days, quiet=quiet, audit_log=audit_log,
+                         command=command)
+
+
+def _archive_tree(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    recipients: Sequence[Any],
+    secret: bytes,
+    *,
+    fmt: str,
+    jobs: int | None,
+    executor: str,
+    scheduler: Any,
+    checksum: bool,
+    retention_days: int,
+    quiet: bool,
+    audit_log: str | os.PathLike[str] | None,
+    command: dict[str, Any] | None,
+    content_only: bool = False,
+) -> ArchiveReport:
     from .discover import discover, group_studies
     from .executors import UnitFailure, run_units
     from .pseudonyms import Pseudonymizer
@@ -511,7 +568,8 @@ def archive_tree(
                     if checksum and st is not None:
                         from .ledger import sha256_file
                         hashes = {k: sha256_file(f.path) for (k, _, _), f in zip(stats, files)}
-                    if st is not None and st.cataloged and led.unit_done(key, stats, hashes=hashes) \
+                    if st is not None and st.cataloged \
+                            and led.unit_done(key, stats, hashes=hashes, compare_mtime=not content_only) \
                             and (dst_p / (st.object or "")).is_file():
                         report.counts["unchanged_studies"] += 1
                         report.studies.append({"id": key, "outcome": "unchanged", "version": st.version})

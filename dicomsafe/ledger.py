@@ -244,12 +244,14 @@ class Ledger:
         *,
         dst: str | os.PathLike[str] | None = None,
         hashes: dict[str, str] | None = None,
+        compare_mtime: bool = True,
     ) -> bool:
         """True when ``unit`` needs no work: recorded as done with exactly these source files.
 
         ``files`` are (keyed id, size, mtime_ns) of the unit's current source files; ``hashes``
         optionally maps keyed id → content SHA-256 to compare as well (slower, stricter). With
         ``dst``, every recorded output must still exist there with its recorded digest.
+        ``compare_mtime=False`` (with ``hashes``) suits trees regenerated on every run.
         """
         st = self.unit(unit)
         if st is None or st.outcome != "done":
@@ -258,7 +260,7 @@ class Ledger:
             return False
         for key, size, mtime_ns in files:
             rec = st.files[key]
-            if rec.size != size or rec.mtime_ns != mtime_ns:
+            if rec.size != size or (compare_mtime and rec.mtime_ns != mtime_ns):
                 return False
             if hashes is not None and rec.sha256 is not None and hashes.get(key) != rec.sha256:
                 return False

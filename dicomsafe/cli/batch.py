@@ -186,19 +186,28 @@ def archive_group() -> None:
 @click.option("--checksum", is_flag=True, default=None, help="Compare file contents, not only size and mtime.")
 @click.option("--retention-days", type=click.IntRange(min=0), help="Remove superseded versions older than N days.")
 @click.option("--audit-log", type=click.Path(dir_okay=False), help="Audit log (default DST/.dicomsafe/audit.jsonl).")
+@click.option("--deidentify", "deid", is_flag=True, default=None,
+              help="Archive de-identified copies (with --profile) instead of the originals.")
+@click.option("--profile", "-p", help="Profile for --deidentify (default basic).")
+@click.option("--option", "options", multiple=True, metavar="OPT", help="PS3.15 option for --deidentify.")
+@click.option("--quarantine", type=click.Path(file_okay=False), help="Quarantine for --deidentify (never under DST).")
 @_with(_executor_options)
 @click.pass_context
 def archive_run(ctx: click.Context, src, dst, config_path, recipients_file, recipient, secret_file, fmt, checksum,
-                retention_days, audit_log, jobs, executor, scheduler) -> None:
+                retention_days, audit_log, deid, profile, options, quarantine, jobs, executor, scheduler) -> None:
     """Archive new or changed studies of SRC into DST (incremental, resumable)."""
     from ..archive import archive_tree
 
     v = _config(ctx, "archive", config_path, dict(
         source=src, destination=dst, recipients_file=recipients_file, recipients=list(recipient) or None,
         secret_file=secret_file, format=fmt, retention_days=retention_days, audit_log=audit_log, jobs=jobs,
-        executor=executor, scheduler=scheduler))
+        executor=executor, scheduler=scheduler, deidentify=deid, profile=profile, options=list(options) or None,
+        quarantine=quarantine))
+    prof = None
     if v.get("deidentify"):
-        raise ConfigError("archiving de-identified copies is not available yet; run 'dicomsafe export'")
+        from ..profiles import load_profile
+
+        prof = load_profile(v.get("profile") or "basic", tuple(v.get("options") or ()))
     src_p = _need(v, "source", "SRC")
     dst_p = _need(v, "destination", "DST")
     recips = _recipients(v.get("recipients"), [v["recipients_file"]] if v.get("recipients_file") else [])
@@ -206,11 +215,11 @@ def archive_run(ctx: click.Context, src, dst, config_path, recipients_file, reci
     rep = archive_tree(src_p, dst_p, recips, _secret(v.get("secret_file")), fmt=fmt_, jobs=v.get("jobs"),
                        executor=v.get("executor") or "local", scheduler=v.get("scheduler"),
                        checksum=bool(checksum), retention_days=v.get("retention_days") or 0, quiet=v["quiet"],
-                       audit_log=v.get("audit_log"),
+                       audit_log=v.get("audit_log"), deidentify_profile=prof, quarantine=v.get("quarantine"),
                        command=audit_mod.command_record("archive", _given_options(ctx), format=fmt_))
     if not v["quiet"]:
         click.echo(f"dicomsafe: {rep.summary()}", err=True)
-    ctx.exit(EXIT_FINDINGS if rep.counts["failed_studies"] else EXIT_OK)
+    ctx.exit(EXIT_FINDINGS if rep.counts["failed_studies"] or rep.counts["quarantined"] else EXIT_OK)
 
 
 @archive_group.command("verify")

@@ -51,7 +51,7 @@ from typing import IO, Any, Callable, Iterable, Sequence
 
 from . import __version__
 from . import audit as audit_mod
-from .errors import ConfigError, CryptoError, DicomsafeError, IntegrityError, OutputError
+from .errors import ConfigError, CryptoError, DicomsafeError, InputFileError, IntegrityError, OutputError
 from .fsutil import atomic_writer
 from .ledger import FileRecord, Ledger, OutputRecord
 from .lock import DestinationLock, state_dir
@@ -252,8 +252,11 @@ class ArchiveResult:
     entry: dict[str, Any]  # catalog entry: holds clear identifiers, only ever encrypted
 
 
-class FileChangedError(DicomsafeError):
+class FileChangedError(InputFileError):
     """A source file changed while it was being archived; the study is retried next run."""
+
+    def __init__(self, message: str):
+        super().__init__("changed-during-run", message)
 
 
 def _study_header_info(path: str) -> dict[str, str]:
@@ -291,7 +294,13 @@ def archive_unit(job: ArchiveJob, ctx: ArchiveCtx) -> ArchiveResult:
         with tarfile.open(fileobj=wf, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
             for path, relpath, fkey, size, mtime_ns in job.files:
                 member = f"{fkey}.dcm"
-                with open(path, "rb") as fh:
+                try:
+                    fh = open(path, "rb")
+                except FileNotFoundError:
+                    raise FileChangedError("a source file vanished during the run") from None
+                except OSError:
+                    raise InputFileError("unreadable", "a source file cannot be read") from None
+                with fh:
                     st = os.fstat(fh.fileno())
                     if st.st_size != size or st.st_mtime_ns != mtime_ns:
                         raise FileChangedError("a source file changed during the run")
@@ -742,11 +751,14 @@ def restore(dst: str | os.PathLike[str], out: str | os.PathLike[str], identities
     latest = latest_entries(load_catalog(dst_p, identities))
     chosen = select_entries(latest, studies=studies, patients=patients, since=since)
     rep = RestoreReport()
+    failed: list[str] = []
     for entry in chosen:
         try:
             obj = _object_path(dst_p, entry)
         except FileNotFoundError:
-            raise IntegrityError(f"archive object of study {entry['study_key']} is missing") from None
+            log.error("study %s: archive object is missing", entry["study_key"])
+            failed.append(entry["study_key"])
+            continue
 
         def on_member(rec: dict[str, Any], fh: IO[bytes]) -> None:
             rel = _safe_relpath(os.fsdecode(rec["relpath"].encode("utf-8", "surrogateescape")))
@@ -769,8 +781,17 @@ def restore(dst: str | os.PathLike[str], out: str | os.PathLike[str], identities
                 os.utime(target, ns=(rec["mtime_ns"], rec["mtime_ns"]))
             rep.files += 1
 
-        _read_object(obj, entry, identities, on_member)
+        try:
+            _read_object(obj, entry, identities, on_member)
+        except CryptoError as exc:  # restore what can be restored; report the rest at the end
+            log.error("study %s: %s", entry["study_key"], exc)
+            failed.append(entry["study_key"])
+            continue
         rep.studies += 1
+    if failed:
+        raise IntegrityError(f"{len(failed)} stud{'y' if len(failed) == 1 else 'ies'} could not be restored "
+                             f"({', '.join(failed[:5])}{', …' if len(failed) > 5 else ''}); "
+                             f"{rep.studies} restored")
     return rep
 
 

@@ -190,10 +190,21 @@ def test_verify_detects_tampering_and_missing_objects(tmp_path, keys):
     rep = verify_archive(dst, _ids(keys))
     assert len(rep.problems) == 2
     assert any("missing" in p["problem"] for p in rep.problems)
-    # restoring a tampered study fails with the crypto exit code and leaves no file behind
-    r = _cli("restore", dst, tmp_path / "out", "-i", keys / "key.txt")
-    assert r.returncode in (3, 4)
-    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()] if (tmp_path / "out").exists() else True
+    # restoring: the intact study comes back, the broken ones are named, exit code 3
+    build_tree(tmp_path / "src2", patients=1, studies=3, files=1, notes=False)
+    dst2 = tmp_path / "archive2"
+    archive_tree(tmp_path / "src2", dst2, _recips(keys), SECRET)
+    objs = sorted((dst2 / "objects").rglob("*.dsa"))
+    data = bytearray(objs[0].read_bytes())
+    data[len(data) // 2] ^= 0x01
+    objs[0].write_bytes(bytes(data))
+    r = _cli("restore", dst2, tmp_path / "out", "-i", keys / "key.txt")
+    assert r.returncode == 3
+    assert objs[0].name.split(".")[0] in r.stderr and "2 restored" in r.stderr
+    restored = _dicom_bytes(tmp_path / "out")
+    original = _dicom_bytes(tmp_path / "src2")
+    assert len(restored) == 2 and all(original[k] == v for k, v in restored.items())
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.name.endswith(".tmp")]
 
 
 def test_wrong_identity_is_a_crypto_error(tmp_path, keys):

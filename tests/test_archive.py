@@ -316,3 +316,30 @@ def test_deidentify_mode_archives_clean_copies_incrementally(tmp_path, keys):
     r = _cli(*args)
     assert r.returncode == 0, r.stderr
     assert _objects(dst) == before
+
+
+def test_sigterm_mid_archive_exits_130_catalogues_what_is_done_and_resumes(tmp_path, keys):
+    src = tmp_path / "src"
+    build_tree(src, patients=4, studies=5, files=3, notes=False)
+    dst = tmp_path / "archive"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.Popen([sys.executable, "-m", "dicomsafe", "archive", str(src), str(dst), "-R",
+                          str(keys / "recipients.txt"), "--secret-file", str(keys / "secret"), "--jobs", "2"],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while len(list((dst / "objects").rglob("*.dsa"))) < 2 if (dst / "objects").exists() else True:
+        assert p.poll() is None, p.stderr.read()
+        time.sleep(0.02)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err
+    done = len(list((dst / "objects").rglob("*.dsa")))
+    assert 2 <= done < 20
+    catalogued = {e["study_key"] for e in load_catalog(dst, _ids(keys))}
+    assert len(catalogued) == done  # everything finished before the stop is in the catalog
+    rep = archive_tree(src, dst, _recips(keys), SECRET, jobs=2)
+    assert rep.counts["unchanged_studies"] == done and rep.counts["archived_studies"] == 20 - done
+    assert verify_archive(dst, _ids(keys)).ok
+    import json
+    last = json.loads((dst / ".dicomsafe" / "audit.jsonl").read_text().splitlines()[-2])
+    assert last["status"] == "interrupted"

@@ -78,6 +78,74 @@ def deid_unit(job: DeidJob, ctx: DeidCtx) -> list[tuple[Any, str | None, int]]:
     return out
 
 
+#: Largest number of files in one work unit. A study is the unit of meaning, but pseudonyms and
+#: date shifts are stateless (keyed), so a big study can be cut into fixed-size parts to keep
+#: every worker busy — one 2,000-image study would otherwise run on one core. The size is fixed
+#: (not derived from --jobs) so the parts, and their ledger keys, are the same in every run.
+UNIT_MAX_FILES = 64
+
+
+def _work_units(units: Any, pseudo: Any) -> Any:
+    """Yield (study unit, ledger key, files) — one item per study, or per part of a big study."""
+    for unit in units:
+        key = pseudo.keyed_id("study", unit.study_uid)
+        files = list(unit.files)
+        if len(files) <= UNIT_MAX_FILES:
+            yield unit, key, files
+            continue
+        for i in range(0, len(files), UNIT_MAX_FILES):
+            yield unit, f"{key}-{i // UNIT_MAX_FILES:04d}", files[i:i + UNIT_MAX_FILES]
+
+
+_CLASSIFY_BATCH = 64
+
+
+def classify_batch(files: list[Any], ctx: Any = None) -> list[tuple[str, str]]:
+    """Worker: (class, StudyInstanceUID) of each file — the header reads of study grouping."""
+    from .discover import DICOM, NO_STUDY, UNREADABLE, classify, study_uid_of
+
+    out = []
+    for sf in files:
+        kind = classify(sf)
+        out.append((kind, study_uid_of(sf) if kind == DICOM else NO_STUDY if kind == UNREADABLE else ""))
+    return out
+
+
+def plan_parallel(src: Path, *, jobs: int, executor: str, scheduler: Any, pool: Any) -> tuple[list, list]:
+    """``pipeline.plan_units`` with the header reads spread over the workers.
+
+    Reading every header to group files by study is a serial phase otherwise (a quarter of a
+    run's time on small CT images), which would cap the speed-up of ``--jobs 2`` near 1.6.
+    Same result and order as :func:`dicomsafe.discover.group_studies`.
+    """
+    from .discover import DICOM, NO_STUDY, UNREADABLE, StudyUnit, discover
+    from .executors import UnitFailure, run_units
+
+    files = list(discover(src))
+    batches = [files[i:i + _CLASSIFY_BATCH] for i in range(0, len(files), _CLASSIFY_BATCH)]
+    results: dict[int, list[tuple[str, str]]] = {}
+    index = {id(b): i for i, b in enumerate(batches)}
+
+    def on_result(batch: list[Any], res: Any) -> None:
+        if isinstance(res, UnitFailure):  # classify never raises; be safe: read them here
+            res = classify_batch(batch)
+        results[index[id(batch)]] = res
+
+    run_units(classify_batch, batches, None, on_result, jobs=jobs, executor=executor, scheduler=scheduler,
+              pool=pool)
+    by_study: dict[str, list[Any]] = {}
+    others: list[tuple[Any, str]] = []
+    for i, batch in enumerate(batches):
+        for sf, (kind, uid) in zip(batch, results[i]):
+            if kind == DICOM or kind == UNREADABLE:
+                by_study.setdefault(uid if kind == DICOM else NO_STUDY, []).append(sf)
+            else:
+                others.append((sf, kind))
+    units = [StudyUnit(uid, sorted(fs, key=lambda f: f.relpath_bytes))
+             for uid, fs in sorted(by_study.items(), key=lambda kv: (kv[0] == NO_STUDY, kv[0]))]
+    return units, others
+
+
 def _settings_check(settings: Any) -> str:
     """Identifies profile + secret without revealing the secret: resume must not mix them."""
     from .pseudonyms import Pseudonymizer
@@ -136,11 +204,21 @@ def run_deidentify(
         staging.mkdir(parents=True, exist_ok=True)
         writer = Writer(settings, report)
         bar = None
+        stack = contextlib.ExitStack()
         try:
             def file_id(sf: Any) -> str:
                 return pseudo.keyed_id("file", fs_text(sf.relpath))
 
-            units, others = plan_units(settings.src)
+            from .executors import default_jobs, local_pool
+
+            njobs = default_jobs() if jobs is None else jobs
+            pool = (stack.enter_context(local_pool(njobs))
+                    if executor == "local" and njobs > 1 else None)
+            if pool is not None or executor == "dask":
+                units, others = plan_parallel(settings.src, jobs=njobs, executor=executor,
+                                              scheduler=scheduler, pool=pool)
+            else:
+                units, others = plan_units(settings.src)
             total = sum(len(u.files) for u in units) + len(others)
             quiet = settings.quiet if progress is None else not progress
             bar = _progress(total, quiet)
@@ -150,9 +228,8 @@ def run_deidentify(
                 bar.update(1)
             todo: list[DeidJob] = []
             paths: dict[str, str] = {}
-            for unit in units:
-                key = pseudo.keyed_id("study", unit.study_uid)
-                files = tuple((os.fspath(f.path), file_id(f), f.size, f.mtime_ns) for f in unit.files)
+            for unit, key, part in _work_units(units, pseudo):
+                files = tuple((os.fspath(f.path), file_id(f), f.size, f.mtime_ns) for f in part)
                 if resume and led.unit_done(key, [(fid, s, m) for _, fid, s, m in files], dst=settings.dst):
                     st = led.unit(key)
                     assert st is not None
@@ -187,7 +264,8 @@ def run_deidentify(
                                 run_id=run_id, updated=audit_mod.utc_now())
                 bar.update(len(job.files))
 
-            run_units(deid_unit, todo, ctx, on_result, jobs=jobs, executor=executor, scheduler=scheduler)
+            run_units(deid_unit, todo, ctx, on_result, jobs=njobs, executor=executor, scheduler=scheduler,
+                      pool=pool)
             status = "ok" if report.counts["quarantined"] == 0 else "findings"
         except Interrupted:
             status = "interrupted"
@@ -196,6 +274,7 @@ def run_deidentify(
             status = "failed"
             raise
         finally:
+            stack.close()  # the worker pool
             if bar is not None:
                 bar.close()
             report.seconds = time.perf_counter() - t0

@@ -192,3 +192,30 @@ def test_parallel_run_matches_the_single_process_pipeline_on_the_hostile_corpus(
     assert tree_bytes(tmp_path / "par") == tree_bytes(tmp_path / "ref")
     # the operator-side quarantine holds the same files
     assert sorted(p.name for p in (tmp_path / "q1").iterdir()) == sorted(p.name for p in (tmp_path / "q2").iterdir())
+
+
+def test_big_study_is_split_into_parts_and_resumes_per_part(tmp_path, monkeypatch):
+    import dicomsafe.batchrun as br
+    from batch_corpus import Tree, add_study
+    from dicomsafe.pipeline import deidentify_tree
+
+    monkeypatch.setattr(br, "UNIT_MAX_FILES", 4)
+    tree = Tree(tmp_path / "src")
+    add_study(tree, 0, 0, 10)
+    ref = deidentify_tree(_settings(tmp_path / "src", tmp_path / "ref", tmp_path / "q1"))
+    dst = tmp_path / "dst"
+    rep = run_deidentify(_settings(tmp_path / "src", dst, tmp_path / "q2"), jobs=2)
+    assert rep.counts == ref.counts
+    assert tree_bytes(dst) == tree_bytes(tmp_path / "ref")
+    db = sqlite3.connect(dst / ".dicomsafe" / "ledger.sqlite")
+    keys = sorted(r[0] for r in db.execute("SELECT unit FROM units"))
+    db.close()
+    assert len(keys) == 3 and [k[-5:] for k in keys] == ["-0000", "-0001", "-0002"]
+    outs = sorted(p for p in dst.rglob("*.dcm"))
+    victim = outs[0]
+    victim.unlink()
+    inodes = {p: p.stat().st_ino for p in outs[1:]}
+    run_deidentify(_settings(tmp_path / "src", dst, tmp_path / "q2"), jobs=1, resume=True)
+    assert tree_bytes(dst) == tree_bytes(tmp_path / "ref")
+    same = sum(1 for p, ino in inodes.items() if p.stat().st_ino == ino)
+    assert 10 - 1 - 4 <= same < 9  # only the damaged part (≤ 4 files) was redone

@@ -30,7 +30,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from .errors import ConfigError, DicomsafeError, Interrupted
+from .errors import ConfigError, Interrupted, LockedError, OutputError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,12 @@ class UnitFailure:
 
     error_type: str
     code: str | None = None  # InputFileError.code when available
+
+
+#: Errors that stop the whole run instead of failing one unit: a full disk or an unwritable
+#: destination fails every following unit too. Running units are drained and recorded first,
+#: so the run stays resumable.
+FATAL = (OutputError, LockedError, MemoryError)
 
 
 def _worker_init() -> None:
@@ -152,10 +158,8 @@ def _run_inline(fn, units, ctx, on_result, stop) -> int:
             break
         try:
             res = fn(unit, ctx)
-        except DicomsafeError as exc:
-            if isinstance(exc, Interrupted):
-                raise
-            res = _failure(exc)
+        except (Interrupted, *FATAL):
+            raise
         except Exception as exc:  # noqa: BLE001 - same contract as the pool: a failure record
             res = _failure(exc)
         on_result(unit, res)
@@ -168,17 +172,18 @@ def _run_pool(fn, units, ctx, on_result, jobs, stop, pool) -> int:
     it: Iterator = iter(units)
     window = 2 * jobs
     pending: dict[cf.Future, Any] = {}
+    fatal: BaseException | None = None
     try:
         exhausted = False
         while True:
-            while not exhausted and not stop.set and len(pending) < window:
+            while not exhausted and not stop.set and fatal is None and len(pending) < window:
                 try:
                     unit = next(it)
                 except StopIteration:
                     exhausted = True
                     break
                 pending[pool.submit(fn, unit, ctx)] = unit
-            if stop.set:
+            if stop.set or fatal is not None:
                 for fut in list(pending):
                     if fut.cancel():
                         del pending[fut]
@@ -190,13 +195,18 @@ def _run_pool(fn, units, ctx, on_result, jobs, stop, pool) -> int:
                 try:
                     res = fut.result()
                 except cf.process.BrokenProcessPool:
-                    raise DicomsafeError(
+                    raise OutputError(
                         "a worker process died (out of memory or killed); run again with --resume"
                     ) from None
+                except FATAL as exc:
+                    fatal = fatal or exc
+                    continue
                 except Exception as exc:  # noqa: BLE001 - any worker exception becomes a failure record
                     res = _failure(exc)
                 on_result(unit, res)
                 n += 1
+        if fatal is not None:
+            raise fatal
     finally:
         for fut in pending:  # interrupted or failed: drop what has not started
             fut.cancel()
@@ -221,6 +231,7 @@ def _run_dask(fn, units, ctx, on_result, scheduler, stop) -> int:
         window = 2 * nworkers
         it = iter(units)
         futures: dict[Any, Any] = {}
+        fatal: BaseException | None = None
         ac = as_completed(loop=client.loop)  # explicit loop: we never set a default client
 
         def submit_more() -> None:
@@ -251,11 +262,21 @@ def _run_dask(fn, units, ctx, on_result, scheduler, stop) -> int:
                 continue
             try:
                 res = fut.result()
+            except FATAL as exc:
+                fatal = fatal or exc
+                for other in list(futures):
+                    if other.status == "pending":
+                        other.cancel()
+                        futures.pop(other)
+                continue
             except Exception as exc:  # noqa: BLE001
                 res = _failure(exc)
             on_result(unit, res)
             n += 1
-            submit_more()
+            if fatal is None:
+                submit_more()
+        if fatal is not None:
+            raise fatal
     finally:
         if own_client:
             with contextlib.suppress(Exception):

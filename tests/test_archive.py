@@ -343,3 +343,27 @@ def test_sigterm_mid_archive_exits_130_catalogues_what_is_done_and_resumes(tmp_p
     import json
     last = json.loads((dst / ".dicomsafe" / "audit.jsonl").read_text().splitlines()[-2])
     assert last["status"] == "interrupted"
+
+
+def _small_fsize_limit():
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_disk_full_stops_cleanly_with_4_and_next_run_completes(tmp_path, keys, jobs):
+    src = tmp_path / "src"
+    build_tree(src, patients=1, studies=3, files=6, notes=False)  # objects of ~235 KB each
+    dst = tmp_path / "archive"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-m", "dicomsafe", "archive", str(src), str(dst), "-R",
+                        str(keys / "recipients.txt"), "--secret-file", str(keys / "secret"), "--jobs", jobs],
+                       env=env, capture_output=True, text=True, preexec_fn=_small_fsize_limit)
+    assert r.returncode == 4, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not [p for p in dst.rglob("*") if p.is_file() and "objects" in p.parts]  # nothing half-written
+    rep = archive_tree(src, dst, _recips(keys), SECRET, jobs=2)  # "space freed": the run completes
+    assert rep.counts["archived_studies"] == 3
+    assert verify_archive(dst, _ids(keys)).ok

@@ -219,3 +219,32 @@ def test_big_study_is_split_into_parts_and_resumes_per_part(tmp_path, monkeypatc
     assert tree_bytes(dst) == tree_bytes(tmp_path / "ref")
     same = sum(1 for p, ino in inodes.items() if p.stat().st_ino == ino)
     assert 10 - 1 - 4 <= same < 9  # only the damaged part (≤ 4 files) was redone
+
+
+def _fsize_100k():
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+
+def test_disk_full_stops_the_run_and_resume_completes(tmp_path):
+    from dicomsafe.corpus import build_ct_series
+
+    build_ct_series(tmp_path / "src", 12, rows=256, cols=256, patients=3)  # ~130 KB files
+    ref = tmp_path / "ref"
+    run_deidentify(_settings(tmp_path / "src", ref, tmp_path / "q0"), jobs=1)
+    dst = tmp_path / "dst"
+    script = tmp_path / "runner_full.py"
+    script.write_text(RUNNER.format(src=str(tmp_path / "src"), dst=str(dst), q=str(tmp_path / "q"), resume=False)
+                      .replace("    except Interrupted:", "    except Exception as e:\n        print(type(e).__name__)"
+                               "\n        sys.exit(4)\n    except Interrupted:"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                       preexec_fn=_fsize_100k, timeout=300)
+    assert r.returncode == 4 and r.stdout.strip() == "OutputError", r.stderr
+    assert not [p for p in dst.rglob("*.dcm")]  # nothing half-written became a final file
+    _no_temp_files(dst)
+    rep = run_deidentify(_settings(tmp_path / "src", dst, tmp_path / "q"), jobs=2, resume=True)
+    assert rep.counts["written"] == 12 and rep.counts["quarantined"] == 0
+    assert tree_bytes(dst) == tree_bytes(ref)

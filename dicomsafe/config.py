@@ -3,8 +3,8 @@
 Why: the nightly command line should be ``dicomsafe archive --config /etc/dicomsafe/nightly.toml``
 — no paths of secrets in crontabs or shell history, one reviewed file per job.
 
-Layout: top-level keys apply to every command; a ``[archive]``, ``[export]``, ``[deidentify]``
-or ``[restore]`` table overrides them for that command. Options given on the command line win
+Layout: top-level keys apply to every command; an ``[archive]``, ``[export]`` or
+``[deidentify]`` table overrides them for that command. Options given on the command line win
 over the file. Relative paths are resolved against the config file's directory. Every error is
 a :class:`~dicomsafe.errors.ConfigError` naming ``file:line``.
 
@@ -33,7 +33,7 @@ from typing import Any, Mapping
 
 from .errors import ConfigError
 
-COMMANDS = ("archive", "export", "deidentify", "restore")
+COMMANDS = ("archive", "export", "deidentify")
 
 #: key → (type, is_path). Types are checked; paths are resolved against the file's directory.
 KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
@@ -41,7 +41,6 @@ KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "destination": (str, True),
     "recipients_file": (str, True),
     "recipients": (list, False),
-    "identity_file": (str, True),
     "profile": (str, False),
     "options": (list, False),
     "secret_file": (str, True),

@@ -16,7 +16,7 @@ import click
 
 from . import EXIT_FINDINGS, EXIT_OK, main
 from .. import audit as audit_mod
-from ..errors import ConfigError
+from ..errors import ConfigError, DicomsafeError
 
 
 def _config(ctx: click.Context, command: str, path: str | None, cli: dict[str, Any]) -> dict[str, Any]:
@@ -265,23 +265,17 @@ def restore(ctx: click.Context, dst, outdir, identity, study, patient, since, au
         rep = do_restore(dst, outdir, _identities(identity), studies=study, patients=patient, since=since)
         status = "ok" if rep.studies else "findings"
     finally:
-        with _suppress_dicomsafe():
+        try:
             audit_mod.append_run(
                 Path(audit_log) if audit_log else Path(dst) / ".dicomsafe" / "audit.jsonl",
                 event="restore", run_id=run_id, command=audit_mod.command_record("restore", _given_options(ctx)),
                 counts={"studies": rep.studies, "files": rep.files, "already_present": rep.already_present}
                 if rep else {}, status=status, started=started)
+        except (DicomsafeError, OSError):  # e.g. the archive is mounted read-only
+            click.echo("dicomsafe: warning: could not append to the audit log (use --audit-log FILE)", err=True)
     click.echo(f"dicomsafe: restored {rep.files} files of {rep.studies} studies"
                + (f" ({rep.already_present} already present)" if rep.already_present else ""), err=True)
     ctx.exit(EXIT_OK if rep.studies else EXIT_FINDINGS)
-
-
-def _suppress_dicomsafe():
-    import contextlib
-
-    from ..errors import DicomsafeError
-
-    return contextlib.suppress(DicomsafeError, OSError)
 
 
 # --- audit verify ---------------------------------------------------------------------------

@@ -38,6 +38,8 @@ class DeidJob:
 
     unit_key: str
     files: tuple[tuple[str, str, int, int], ...]
+    study: str = ""  # ledger key of the whole study (parts of one study share it)
+    seq: int = 0  # position among the study's parts still to do
 
 
 @dataclass(frozen=True)
@@ -228,6 +230,7 @@ def run_deidentify(
                 bar.update(1)
             todo: list[DeidJob] = []
             paths: dict[str, str] = {}
+            parts_left: dict[str, int] = {}
             for unit, key, part in _work_units(units, pseudo):
                 files = tuple((os.fspath(f.path), file_id(f), f.size, f.mtime_ns) for f in part)
                 if resume and led.unit_done(key, [(fid, s, m) for _, fid, s, m in files], dst=settings.dst):
@@ -240,10 +243,24 @@ def run_deidentify(
                     continue
                 for p, fid, _, _ in files:
                     paths[fid] = p
-                todo.append(DeidJob(key, files))
+                study = key.split("-")[0]
+                todo.append(DeidJob(key, files, study, parts_left.get(study, 0)))
+                parts_left[study] = parts_left.get(study, 0) + 1
             ctx = DeidCtx(settings.profile, settings.secret, str(staging), settings.verify)
+            # Parts of one study are committed in order, whatever order workers finish in: which
+            # of two inputs with the same SOP Instance UID is written (and which is reported as
+            # the duplicate) must not depend on timing, and after a kill the recorded parts of a
+            # study stay a prefix. Buffered results are small (staged files wait on disk).
+            next_seq: dict[str, int] = {}
+            waiting: dict[tuple[str, int], tuple[DeidJob, Any]] = {}
 
             def on_result(job: DeidJob, results: Any) -> None:
+                waiting[(job.study, job.seq)] = (job, results)
+                while (job.study, next_seq.get(job.study, 0)) in waiting:
+                    commit_unit(*waiting.pop((job.study, next_seq.get(job.study, 0))))
+                    next_seq[job.study] = next_seq.get(job.study, 0) + 1
+
+            def commit_unit(job: DeidJob, results: Any) -> None:
                 if isinstance(results, UnitFailure):
                     reason = f"internal-{results.code or results.error_type}"
                     results = [(FileResult(file_id=fid, outcome="quarantined", reason=reason, src_path=p,

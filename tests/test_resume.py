@@ -248,3 +248,26 @@ def test_disk_full_stops_the_run_and_resume_completes(tmp_path):
     rep = run_deidentify(_settings(tmp_path / "src", dst, tmp_path / "q"), jobs=2, resume=True)
     assert rep.counts["written"] == 12 and rep.counts["quarantined"] == 0
     assert tree_bytes(dst) == tree_bytes(ref)
+
+
+def test_duplicate_sop_instance_is_reported_the_same_way_as_the_pipeline(tmp_path, monkeypatch):
+    import dicomsafe.batchrun as br
+    import pydicom
+    from batch_corpus import Tree, add_study
+    from dicomsafe.pipeline import deidentify_tree
+
+    monkeypatch.setattr(br, "UNIT_MAX_FILES", 2)
+    tree = Tree(tmp_path / "src")
+    folder = Path(add_study(tree, 0, 0, 7))
+    ds = pydicom.dcmread(folder / "img0000.dcm")
+    ds.InstanceNumber = 99  # same SOP Instance UID, other content
+    ds.save_as(folder / "zzz-duplicate.dcm", enforce_file_format=True)
+    ref = deidentify_tree(_settings(tmp_path / "src", tmp_path / "ref", tmp_path / "q0"))
+    assert ref.reasons.get("duplicate-sop-instance") == 1
+    for i in range(2):
+        dst = tmp_path / f"par{i}"
+        rep = run_deidentify(_settings(tmp_path / "src", dst, tmp_path / f"q{i + 1}"), jobs=2)
+        assert rep.reasons == ref.reasons
+        assert sorted((f["id"], f["outcome"], f["reason"]) for f in rep.files) == \
+            sorted((f["id"], f["outcome"], f["reason"]) for f in ref.files)
+        assert tree_bytes(dst) == tree_bytes(tmp_path / "ref")

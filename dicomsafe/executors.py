@@ -63,9 +63,11 @@ FATAL = (OutputError, LockedError, MemoryError)
 
 
 def _worker_init() -> None:
-    # Ctrl-C goes to the whole foreground process group; only the parent should react.
+    # Ctrl-C reaches the whole foreground process group, and systemd's stop sends SIGTERM to
+    # every process of the service: only the coordinator should react, by letting running
+    # units finish. Workers exit when the pool shuts down (or with their parent).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _failure(exc: BaseException) -> UnitFailure:

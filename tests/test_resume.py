@@ -137,7 +137,7 @@ def test_sigterm_stops_with_130_and_resume_completes(corpus, tmp_path):
     dst = tmp_path / "dst"
     p = _start(tmp_path, base / "src", dst, tmp_path / "q")
     _wait_units(p, dst, 3)
-    p.send_signal(signal.SIGTERM)
+    os.killpg(p.pid, signal.SIGTERM)  # like systemctl stop: every process of the job gets it
     out, err = p.communicate(timeout=120)
     assert p.returncode == 130, err
     assert "Traceback" not in err

@@ -325,11 +325,11 @@ def test_sigterm_mid_archive_exits_130_catalogues_what_is_done_and_resumes(tmp_p
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     p = subprocess.Popen([sys.executable, "-m", "dicomsafe", "archive", str(src), str(dst), "-R",
                           str(keys / "recipients.txt"), "--secret-file", str(keys / "secret"), "--jobs", "2"],
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     while len(list((dst / "objects").rglob("*.dsa"))) < 2 if (dst / "objects").exists() else True:
         assert p.poll() is None, p.stderr.read()
         time.sleep(0.02)
-    p.send_signal(signal.SIGTERM)
+    os.killpg(p.pid, signal.SIGTERM)  # as systemd stops a service: the whole group
     out, err = p.communicate(timeout=120)
     assert p.returncode == 130, err
     assert "Traceback" not in err

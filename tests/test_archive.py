@@ -367,3 +367,18 @@ def test_disk_full_stops_cleanly_with_4_and_next_run_completes(tmp_path, keys, j
     rep = archive_tree(src, dst, _recips(keys), SECRET, jobs=2)  # "space freed": the run completes
     assert rep.counts["archived_studies"] == 3
     assert verify_archive(dst, _ids(keys)).ok
+
+
+def test_dask_local_cluster_archives_the_same_objects(tmp_path, keys):
+    distributed = pytest.importorskip("distributed")
+    src = tmp_path / "src"
+    build_tree(src, patients=2, studies=2, files=2, notes=False)
+    archive_tree(src, tmp_path / "pool", _recips(keys), SECRET, jobs=2)
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1",
+                                  dashboard_address=None) as cluster:
+        rep = archive_tree(src, tmp_path / "dask", _recips(keys), SECRET, executor="dask",
+                           scheduler=cluster.scheduler_address)
+    assert rep.counts["archived_studies"] == 4
+    assert set(_objects(tmp_path / "dask")) == set(_objects(tmp_path / "pool"))
+    restore(tmp_path / "dask", tmp_path / "out", _ids(keys))
+    assert _dicom_bytes(tmp_path / "out") == _dicom_bytes(src)

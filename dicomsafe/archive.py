@@ -315,7 +315,7 @@ def archive_unit(job: ArchiveJob, ctx: ArchiveCtx) -> ArchiveResult:
                         raise FileChangedError("a source file changed during the run")
                 digest = hr.sha.hexdigest()
                 entry["files"].append(
-                    {"member": member, "relpath": fs_text(relpath), "sha256": digest, "size": size,
+                    {"member": member, "relpath": relpath, "sha256": digest, "size": size,
                      "mtime_ns": mtime_ns}
                 )
                 records.append(FileRecord(fkey, size, mtime_ns, digest, "archived"))

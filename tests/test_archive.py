@@ -382,3 +382,28 @@ def test_dask_local_cluster_archives_the_same_objects(tmp_path, keys):
     assert set(_objects(tmp_path / "dask")) == set(_objects(tmp_path / "pool"))
     restore(tmp_path / "dask", tmp_path / "out", _ids(keys))
     assert _dicom_bytes(tmp_path / "out") == _dicom_bytes(src)
+
+
+def test_odd_file_names_restore_to_the_same_bytes_and_names(tmp_path, keys):
+    src = tmp_path / "src"
+    tree = build_tree(src, patients=1, studies=1, files=1, notes=False)
+    (only,) = list(src.rglob("*.dcm"))
+    data = only.read_bytes()
+    odd = [b"caf\xe9 latin1.dcm", "name with spaces ZZTESTNAME000.dcm".encode(), b"new\nline.dcm",
+           "ünïcødé.dcm".encode()]
+    for name in odd:
+        with open(os.path.join(os.fsencode(only.parent), name), "wb") as fh:
+            fh.write(data)  # same study (same StudyInstanceUID), other names
+    dst = tmp_path / "archive"
+    archive_tree(src, dst, _recips(keys), SECRET)
+    assert grep_tree(dst, tree.phi + ["latin1", "spaces", "line"]) == []
+    out = tmp_path / "out"
+    restore(dst, out, _ids(keys))
+    restored = {os.path.relpath(os.path.join(d, f), os.fsencode(out))
+                for d, _, fs in os.walk(os.fsencode(out)) for f in fs}
+    original = {os.path.relpath(os.path.join(d, f), os.fsencode(src))
+                for d, _, fs in os.walk(os.fsencode(src)) for f in fs}
+    assert restored == original and len(original) == 5
+    for rel in original:
+        assert open(os.path.join(os.fsencode(out), rel), "rb").read() == \
+            open(os.path.join(os.fsencode(src), rel), "rb").read()

@@ -34,7 +34,6 @@ Why these choices:
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import hashlib
 import io
 import json
@@ -51,7 +50,15 @@ from typing import IO, Any, Callable, Iterable, Sequence
 
 from . import __version__
 from . import audit as audit_mod
-from .errors import ConfigError, CryptoError, DicomsafeError, InputFileError, IntegrityError, OutputError
+from .errors import (
+    ConfigError,
+    CryptoError,
+    DicomsafeError,
+    InputFileError,
+    IntegrityError,
+    Interrupted,
+    OutputError,
+)
 from .fsutil import atomic_writer
 from .ledger import FileRecord, Ledger, OutputRecord
 from .lock import DestinationLock, state_dir
@@ -620,8 +627,7 @@ def _archive_tree(
             report.counts["pruned_objects"] = _prune(dst_p, led, retention_days)
             status = "ok" if report.counts["failed_studies"] == 0 else "findings"
         except BaseException as exc:
-            status = "interrupted" if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "Interrupted" \
-                else "failed"
+            status = "interrupted" if isinstance(exc, (KeyboardInterrupt, Interrupted)) else "failed"
             raise
         finally:
             report.seconds = time.perf_counter() - t0

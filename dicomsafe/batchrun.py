@@ -172,9 +172,8 @@ def run_deidentify(
     from .deidentify import FileResult
     from .executors import UnitFailure, run_units
     from .pipeline import STATE_DIR, Report, Writer, _progress, check_paths, plan_units
-    from .pseudonyms import Pseudonymizer
-
     from .archive import fs_text
+    from .pseudonyms import Pseudonymizer
 
     check_paths(settings.src, settings.dst, settings.resolved_quarantine())
     settings.dst.mkdir(parents=True, exist_ok=True)
@@ -229,7 +228,6 @@ def run_deidentify(
                                          src_path=os.fspath(sf.path), size=sf.size))
                 bar.update(1)
             todo: list[DeidJob] = []
-            paths: dict[str, str] = {}
             parts_left: dict[str, int] = {}
             for unit, key, part in _work_units(units, pseudo):
                 files = tuple((os.fspath(f.path), file_id(f), f.size, f.mtime_ns) for f in part)
@@ -241,8 +239,6 @@ def run_deidentify(
                     writer.committed.update(o.path for o in st.outputs)
                     bar.update(len(files))
                     continue
-                for p, fid, _, _ in files:
-                    paths[fid] = p
                 study = key.split("-")[0]
                 todo.append(DeidJob(key, files, study, parts_left.get(study, 0)))
                 parts_left[study] = parts_left.get(study, 0) + 1
@@ -284,7 +280,7 @@ def run_deidentify(
             run_units(deid_unit, todo, ctx, on_result, jobs=njobs, executor=executor, scheduler=scheduler,
                       pool=pool)
             status = "ok" if report.counts["quarantined"] == 0 else "findings"
-        except Interrupted:
+        except (Interrupted, KeyboardInterrupt):
             status = "interrupted"
             raise
         except BaseException:

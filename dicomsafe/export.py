@@ -31,7 +31,7 @@ from typing import IO, Any, Sequence
 from . import __version__
 from . import audit as audit_mod
 from .archive import encrypt_through_pipe
-from .errors import ConfigError, OutputError
+from .errors import ConfigError, Interrupted, OutputError
 from .fsutil import atomic_writer
 from .ledger import sha256_file
 from .lock import state_dir
@@ -165,7 +165,7 @@ def export_tree(
         status = "ok" if not counts.get("quarantined") else "findings"
         return ExportResult(export_id, target, digest, manifest, report)
     except BaseException as exc:
-        status = "interrupted" if type(exc).__name__ in ("Interrupted", "KeyboardInterrupt") else "failed"
+        status = "interrupted" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "failed"
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -247,7 +247,7 @@ def test_config_file_drives_the_nightly_run(tmp_path, keys):
 
 def test_kill_9_mid_archive_then_rerun_completes(tmp_path, keys):
     src = tmp_path / "src"
-    tree = build_tree(src, patients=3, studies=4, files=4, notes=False)
+    build_tree(src, patients=3, studies=4, files=4, notes=False)
     dst = tmp_path / "archive"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     p = subprocess.Popen([sys.executable, "-m", "dicomsafe", "archive", str(src), str(dst), "-R",

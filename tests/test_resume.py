@@ -270,3 +270,25 @@ def test_duplicate_sop_instance_is_reported_the_same_way_as_the_pipeline(tmp_pat
         assert sorted((f["id"], f["outcome"], f["reason"]) for f in rep.files) == \
             sorted((f["id"], f["outcome"], f["reason"]) for f in ref.files)
         assert tree_bytes(dst) == tree_bytes(tmp_path / "ref")
+
+
+@pytest.mark.slow
+def test_issue6_acceptance_kill_9_in_a_1000_file_two_job_run(tmp_path):
+    """Issue 6 acceptance at full size: ~1,000 files, kill -9, --resume, byte-identical tree."""
+    from dicomsafe.corpus import build_ct_series
+
+    build_ct_series(tmp_path / "src", 1000, rows=64, cols=64, patients=12)
+    ref = tmp_path / "ref"
+    ref_rep = run_deidentify(_settings(tmp_path / "src", ref, tmp_path / "q0"), jobs=2)
+    assert ref_rep.counts["written"] == 1000
+    dst = tmp_path / "dst"
+    p = _start(tmp_path, tmp_path / "src", dst, tmp_path / "q")
+    _wait_units(p, dst, 3)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait(timeout=60)
+    assert _units_done(dst) < 12 * 2  # 12 studies of ~84 files, in 64-file parts
+    rep = run_deidentify(_settings(tmp_path / "src", dst, tmp_path / "q"), jobs=2, resume=True)
+    assert rep.counts == ref_rep.counts
+    assert len(rep.files) == 1000
+    assert tree_bytes(dst) == tree_bytes(ref)
+    _no_temp_files(dst)

@@ -153,6 +153,13 @@ def export_tree(
                                 command=audit_mod.command_record("export-deidentify"))
         counts = dict(report.counts)
         manifest = build_manifest(tree, export_id, report)
+        # Verify before packaging: every file in the tree must be one the pipeline wrote *and*
+        # verified (each output was re-read and checked against the PHI harvested from its input;
+        # failures went to quarantine). Anything else in the tree means something wrote there
+        # behind the pipeline's back: refuse rather than ship it.
+        if len(manifest["files"]) != report.counts["written"] or not all(
+                f["path"].endswith(".dcm") for f in manifest["files"]):
+            raise OutputError("the de-identified tree does not match the run's report; export refused")
         target = dst_p / f"{export_id}.{EXT[fmt]}"
         try:
             with atomic_writer(target, 0o644) as out:

@@ -433,8 +433,10 @@ def write_catalog_segment(dst: Path, entries: list[dict[str, Any]], recipients: 
 def _prune(dst: Path, led: Ledger, retention_days: int) -> int:
     """Remove superseded object versions older than ``retention_days`` (0 = keep forever).
 
-    Only versions below the latest *catalogued* version go: the catalog must always point at
-    an object that exists.
+    Only versions below the latest *catalogued* version go (the catalog must always point at
+    an object that exists), and only when the latest version still holds every file path of the
+    old one: a version holding a file that has since left the source is the only copy of it and
+    is kept whatever its age.
     """
     if retention_days <= 0:
         return 0
@@ -448,12 +450,18 @@ def _prune(dst: Path, led: Ledger, retention_days: int) -> int:
             m = _OBJ_RE.match(p.name)
             if not m:
                 continue
-            st = led.unit(m.group("key"))
-            if st is None or not st.cataloged or int(m.group("ver")) >= st.version:
+            key, ver = m.group("key"), int(m.group("ver"))
+            st = led.unit(key)
+            if st is None or not st.cataloged or ver >= st.version:
+                continue
+            old_files = led.version_files(key, ver)
+            new_files = led.version_files(key, st.version)
+            if old_files is None or new_files is None or not set(old_files) <= set(new_files):
                 continue
             with contextlib.suppress(OSError):
                 if p.stat().st_mtime < cutoff:
                     p.unlink()
+                    led.forget_version(key, ver)
                     removed += 1
     return removed
 
@@ -585,7 +593,8 @@ def _archive_tree(
                         from .ledger import sha256_file
                         hashes = {k: sha256_file(f.path) for (k, _, _), f in zip(stats, files)}
                     if st is not None and st.cataloged \
-                            and led.unit_done(key, stats, hashes=hashes, compare_mtime=not content_only) \
+                            and led.unit_done(key, stats, hashes=hashes, compare_mtime=not content_only,
+                                              allow_removed=True) \
                             and (dst_p / (st.object or "")).is_file():
                         report.counts["unchanged_studies"] += 1
                         report.studies.append({"id": key, "outcome": "unchanged", "version": st.version})
@@ -607,7 +616,8 @@ def _archive_tree(
                     led.record_unit(res.study_key, res.files,
                                     [OutputRecord(res.object, res.object_sha256, res.object_size)],
                                     run_id=run_id, updated=audit_mod.utc_now(), version=res.version,
-                                    object=res.object, object_sha256=res.object_sha256, cataloged=False)
+                                    object=res.object, object_sha256=res.object_sha256, cataloged=False,
+                                    keep_version_files=True)
                     entries.append(res.entry)
                     report.counts["archived_studies"] += 1
                     report.counts["archived_files"] += len(res.files)
@@ -754,51 +764,81 @@ def restore(dst: str | os.PathLike[str], out: str | os.PathLike[str], identities
     with other content is an error (never overwritten).
     """
     dst_p, out_p = Path(dst), Path(out)
-    latest = latest_entries(load_catalog(dst_p, identities))
+    entries = load_catalog(dst_p, identities)
+    latest = latest_entries(entries)
     chosen = select_entries(latest, studies=studies, patients=patients, since=since)
+    versions: dict[str, list[dict[str, Any]]] = {}
+    for e in entries:
+        versions.setdefault(e["study_key"], []).append(e)
     rep = RestoreReport()
     failed: list[str] = []
-    for entry in chosen:
-        try:
-            obj = _object_path(dst_p, entry)
-        except FileNotFoundError:
-            log.error("study %s: archive object is missing", entry["study_key"])
-            failed.append(entry["study_key"])
-            continue
-
-        def on_member(rec: dict[str, Any], fh: IO[bytes]) -> None:
-            rel = _safe_relpath(os.fsdecode(rec["relpath"].encode("utf-8", "surrogateescape")))
-            target = out_p / rel
-            if target.exists():
-                from .ledger import sha256_file
-                if target.is_file() and sha256_file(target) == rec["sha256"]:
-                    shutil.copyfileobj(fh, _Sink())
-                    rep.already_present += 1
-                    return
-                raise OutputError(f"restore target of study {entry['study_key']} exists with other content")
-            with atomic_writer(target, 0o600) as wf:
-                h = hashlib.sha256()
-                while chunk := fh.read(_CHUNK):
-                    h.update(chunk)
-                    wf.write(chunk)
-                if h.hexdigest() != rec["sha256"]:
-                    raise IntegrityError(f"a file of study {entry['study_key']} does not match its digest")
-            with contextlib.suppress(OSError):
-                os.utime(target, ns=(rec["mtime_ns"], rec["mtime_ns"]))
-            rep.files += 1
-
-        try:
-            _read_object(obj, entry, identities, on_member)
-        except CryptoError as exc:  # restore what can be restored; report the rest at the end
-            log.error("study %s: %s", entry["study_key"], exc)
-            failed.append(entry["study_key"])
-            continue
-        rep.studies += 1
+    for chosen_entry in chosen:
+        # Newest version first; an older version is opened only for files the newer ones lack
+        # (files that left the source after they were archived).
+        done_paths: set[str] = set()
+        for entry in sorted(versions[chosen_entry["study_key"]], key=lambda e: -e["version"]):
+            wanted = {f["member"] for f in entry["files"] if f["relpath"] not in done_paths}
+            if not wanted:
+                continue
+            ok = _restore_entry(dst_p, out_p, entry, identities, wanted, rep, failed,
+                                required=entry is chosen_entry)
+            if ok:
+                done_paths.update(f["relpath"] for f in entry["files"])
+            elif entry is chosen_entry:
+                break  # never fill in from older versions what the newest one failed to give
+        if chosen_entry["study_key"] not in failed:
+            rep.studies += 1
     if failed:
         raise IntegrityError(f"{len(failed)} stud{'y' if len(failed) == 1 else 'ies'} could not be restored "
                              f"({', '.join(failed[:5])}{', …' if len(failed) > 5 else ''}); "
                              f"{rep.studies} restored")
     return rep
+
+
+def _restore_entry(dst_p: Path, out_p: Path, entry: dict[str, Any], identities: Sequence[Any], wanted: set[str],
+                   rep: "RestoreReport", failed: list[str], *, required: bool) -> bool:
+    """Restore the ``wanted`` members of one object version; False (and logged) on failure."""
+    try:
+        obj = _object_path(dst_p, entry)
+    except FileNotFoundError:
+        if not required:  # an old version removed by retention: the newer one covers it
+            return False
+        log.error("study %s: archive object is missing", entry["study_key"])
+        failed.append(entry["study_key"])
+        return False
+
+    def on_member(rec: dict[str, Any], fh: IO[bytes]) -> None:
+        if rec["member"] not in wanted:
+            shutil.copyfileobj(fh, _Sink())
+            return
+        rel = _safe_relpath(os.fsdecode(rec["relpath"].encode("utf-8", "surrogateescape")))
+        target = out_p / rel
+        if target.exists():
+            from .ledger import sha256_file
+            if target.is_file() and sha256_file(target) == rec["sha256"]:
+                shutil.copyfileobj(fh, _Sink())
+                rep.already_present += 1
+                return
+            raise OutputError(f"restore target of study {entry['study_key']} exists with other content")
+        with atomic_writer(target, 0o600) as wf:
+            h = hashlib.sha256()
+            while chunk := fh.read(_CHUNK):
+                h.update(chunk)
+                wf.write(chunk)
+            if h.hexdigest() != rec["sha256"]:
+                raise IntegrityError(f"a file of study {entry['study_key']} does not match its digest")
+        with contextlib.suppress(OSError):
+            os.utime(target, ns=(rec["mtime_ns"], rec["mtime_ns"]))
+        rep.files += 1
+
+    try:
+        _read_object(obj, entry, identities, on_member)
+    except CryptoError as exc:  # restore what can be restored; report the rest at the end
+        log.error("study %s: %s", entry["study_key"], exc)
+        if entry["study_key"] not in failed:
+            failed.append(entry["study_key"])
+        return False
+    return True
 
 
 class _Sink(io.RawIOBase):

@@ -46,6 +46,9 @@ CREATE INDEX IF NOT EXISTS files_unit ON files(unit);
 CREATE TABLE IF NOT EXISTS outputs (
     path TEXT PRIMARY KEY, unit TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS outputs_unit ON outputs(unit);
+CREATE TABLE IF NOT EXISTS version_files (
+    unit TEXT NOT NULL, version INTEGER NOT NULL, file TEXT NOT NULL, sha256 TEXT,
+    PRIMARY KEY (unit, version, file));
 """
 
 
@@ -176,6 +179,7 @@ class Ledger:
         object: str | None = None,
         object_sha256: str | None = None,
         cataloged: bool = False,
+        keep_version_files: bool = False,
     ) -> None:
         """Replace everything known about ``unit`` in one transaction.
 
@@ -201,6 +205,23 @@ class Ledger:
                 "INSERT OR REPLACE INTO outputs(path, unit, sha256, size) VALUES (?, ?, ?, ?)",
                 [(o.path, unit, o.sha256, o.size) for o in outputs],
             )
+            if keep_version_files:  # the archive keeps which files each object version holds
+                db.execute("DELETE FROM version_files WHERE unit=? AND version=?", (unit, version))
+                db.executemany(
+                    "INSERT INTO version_files(unit, version, file, sha256) VALUES (?, ?, ?, ?)",
+                    [(unit, version, f.file, f.sha256) for f in files],
+                )
+
+    def version_files(self, unit: str, version: int) -> dict[str, str | None] | None:
+        """{file key: sha256} of one archived version, or None when the ledger does not know it."""
+        rows = self._db.execute(
+            "SELECT file, sha256 FROM version_files WHERE unit=? AND version=?", (unit, version)
+        ).fetchall()
+        return {r[0]: r[1] for r in rows} if rows else None
+
+    def forget_version(self, unit: str, version: int) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM version_files WHERE unit=? AND version=?", (unit, version))
 
     def mark_cataloged(self, units: Iterable[str]) -> None:
         with self.transaction() as db:
@@ -245,6 +266,7 @@ class Ledger:
         dst: str | os.PathLike[str] | None = None,
         hashes: dict[str, str] | None = None,
         compare_mtime: bool = True,
+        allow_removed: bool = False,
     ) -> bool:
         """True when ``unit`` needs no work: recorded as done with exactly these source files.
 
@@ -252,11 +274,14 @@ class Ledger:
         optionally maps keyed id → content SHA-256 to compare as well (slower, stricter). With
         ``dst``, every recorded output must still exist there with its recorded digest.
         ``compare_mtime=False`` (with ``hashes``) suits trees regenerated on every run.
+        ``allow_removed=True`` (the archive) does not count recorded files that are gone from the
+        source as a change: a source that ages files out must not make the archive forget them.
         """
         st = self.unit(unit)
         if st is None or st.outcome != "done":
             return False
-        if set(st.files) != {f[0] for f in files}:
+        current = {f[0] for f in files}
+        if not (current <= set(st.files) if allow_removed else current == set(st.files)):
             return False
         for key, size, mtime_ns in files:
             rec = st.files[key]

@@ -407,3 +407,29 @@ def test_odd_file_names_restore_to_the_same_bytes_and_names(tmp_path, keys):
     for rel in original:
         assert open(os.path.join(os.fsencode(out), rel), "rb").read() == \
             open(os.path.join(os.fsencode(src), rel), "rb").read()
+
+
+def test_files_that_leave_the_source_stay_restorable_and_are_never_pruned(tmp_path, keys):
+    src = tmp_path / "src"
+    tree = build_tree(src, patients=1, studies=1, files=3, notes=False)
+    dst = tmp_path / "archive"
+    archive_tree(src, dst, _recips(keys), SECRET)
+    original = _dicom_bytes(src)
+    gone = sorted(src.rglob("*.dcm"))[0]
+    gone.unlink()  # the source ages a file out
+    rep = archive_tree(src, dst, _recips(keys), SECRET)
+    assert rep.counts["archived_studies"] == 0 and rep.counts["unchanged_studies"] == 1  # not a change
+    add_study(tree, 0, 0, 1, start=3)  # later the study gains an instance: new version without `gone`
+    rep = archive_tree(src, dst, _recips(keys), SECRET)
+    assert rep.counts["archived_studies"] == 1
+    (v1,) = [p for p in (dst / "objects").rglob("*.v1.dsa")]
+    past = time.time() - 10 * 86400
+    os.utime(v1, (past, past))
+    rep = archive_tree(src, dst, _recips(keys), SECRET, retention_days=1)
+    assert rep.counts["pruned_objects"] == 0 and v1.exists()  # v1 holds the only copy of `gone`
+    out = tmp_path / "out"
+    r = restore(dst, out, _ids(keys))
+    restored = _dicom_bytes(out)
+    assert r.studies == 1 and len(restored) == 4
+    assert all(original[k] == restored[k] for k in original)  # including the file that left
+    assert verify_archive(dst, _ids(keys)).ok

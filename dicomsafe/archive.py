@@ -419,7 +419,11 @@ def write_catalog_segment(dst: Path, entries: list[dict[str, Any]], recipients: 
     from . import crypto
 
     seg = _next_segment(dst, fmt)
-    doc = {"format": CATALOG_FORMAT, "run_id": run_id, "created": audit_mod.utc_now(),
+    m = _SEG_RE.match(seg.name)
+    assert m
+    # The sequence number inside the ciphertext binds the segment to its name: a renamed,
+    # replayed or removed segment shows up in verify.
+    doc = {"format": CATALOG_FORMAT, "seq": int(m.group("seq")), "run_id": run_id, "created": audit_mod.utc_now(),
            "tool_version": __version__, "studies": sorted(entries, key=lambda e: e["study_key"])}
     data = json.dumps(doc, sort_keys=True).encode()
     try:
@@ -672,17 +676,41 @@ def _progress(total: int, quiet: bool):
 
 
 def load_catalog(dst: str | os.PathLike[str], identities: Sequence[Any]) -> list[dict[str, Any]]:
-    """Every catalog entry of every segment, in segment order (latest last)."""
-    cat = Path(dst) / "catalog"
+    """Every catalog entry of every segment, in segment order (latest last).
+
+    Problems that do not prevent reading the rest (a missing or misplaced segment) are logged;
+    ``archive verify`` reports them as failures.
+    """
+    entries, problems = _load_catalog(Path(dst), identities)
+    for p in problems:
+        log.warning("catalog: %s", p)
+    return entries
+
+
+def _load_catalog(dst: Path, identities: Sequence[Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    cat = dst / "catalog"
     if not cat.is_dir():
         raise ConfigError("no archive catalog in the destination")
     entries: list[dict[str, Any]] = []
-    for seg in sorted(p for p in cat.iterdir() if _SEG_RE.match(p.name)):
-        doc = json.loads(_decrypt_to_bytes(seg, identities))
-        if doc.get("format") != CATALOG_FORMAT:
+    problems: list[str] = []
+    segs = sorted(p for p in cat.iterdir() if _SEG_RE.match(p.name))
+    expected = 1
+    for seg in segs:
+        seq = int(seg.name[:6])
+        if seq != expected:
+            problems.append(f"catalog segment(s) {expected:06d}..{seq - 1:06d} missing")
+        expected = seq + 1
+        try:
+            doc = json.loads(_decrypt_to_bytes(seg, identities))
+        except ValueError:
+            raise IntegrityError("a catalog segment is not valid JSON") from None
+        if not isinstance(doc, dict) or doc.get("format") != CATALOG_FORMAT:
             raise IntegrityError("catalog segment has an unknown format")
+        if doc.get("seq") != seq:
+            problems.append(f"catalog segment {seg.name} holds segment {doc.get('seq')!r} (renamed or replayed)")
+            continue
         entries.extend(doc.get("studies", []))
-    return entries
+    return entries, problems
 
 
 def latest_entries(entries: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -867,9 +895,10 @@ def verify_archive(dst: str | os.PathLike[str], identities: Sequence[Any]) -> Ve
     that fails authentication, a wrong digest, or an object no catalog mentions are.
     """
     dst_p = Path(dst)
-    entries = load_catalog(dst_p, identities)
+    entries, cat_problems = _load_catalog(dst_p, identities)
     latest = latest_entries(entries)
     rep = VerifyReport()
+    rep.problems.extend({"id": "catalog", "problem": p} for p in cat_problems)
     referenced: set[str] = set()
     for entry in entries:
         key = entry["study_key"]

@@ -433,3 +433,26 @@ def test_files_that_leave_the_source_stay_restorable_and_are_never_pruned(tmp_pa
     assert r.studies == 1 and len(restored) == 4
     assert all(original[k] == restored[k] for k in original)  # including the file that left
     assert verify_archive(dst, _ids(keys)).ok
+
+
+def test_verify_detects_a_removed_or_replayed_catalog_segment(tmp_path, keys):
+    src = tmp_path / "src"
+    tree = build_tree(src, patients=1, studies=1, files=1, notes=False)
+    dst = tmp_path / "archive"
+    for i in range(3):  # three runs that each archive something: three segments
+        add_study(tree, 5 + i, 0, 1)
+        archive_tree(src, dst, _recips(keys), SECRET)
+    segs = sorted((dst / "catalog").iterdir())
+    assert [p.name for p in segs] == ["000001.dsa", "000002.dsa", "000003.dsa"]
+    assert verify_archive(dst, _ids(keys)).ok
+    saved = segs[1].read_bytes()
+    segs[1].write_bytes(segs[0].read_bytes())  # replay segment 1 under the name of segment 2
+    rep = verify_archive(dst, _ids(keys))
+    assert any("replayed" in p["problem"] for p in rep.problems)
+    segs[1].unlink()
+    rep = verify_archive(dst, _ids(keys))
+    assert any("000002..000002 missing" in p["problem"] for p in rep.problems)
+    r = _cli("archive", "verify", dst, "-i", keys / "key.txt")
+    assert r.returncode == 1 and "missing" in r.stderr
+    segs[1].write_bytes(saved)
+    assert verify_archive(dst, _ids(keys)).ok

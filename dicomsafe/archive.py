@@ -626,8 +626,11 @@ def _archive_tree(
                     report.counts["archived_studies"] += 1
                     report.counts["archived_files"] += len(res.files)
                     report.studies.append({"id": res.study_key, "outcome": "archived", "version": res.version})
+                nbytes[0] += sum(f[3] for f in job.files)
+                bar.set_postfix_str(f"{nbytes[0] / 1e6:.0f} MB", refresh=False)
                 bar.update(len(job.files))
 
+            nbytes = [0]
             try:
                 run_units(archive_unit, jobs_list, ctx, on_result, jobs=jobs, executor=executor,
                           scheduler=scheduler)

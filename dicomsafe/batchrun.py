@@ -247,6 +247,7 @@ def run_deidentify(
             # of two inputs with the same SOP Instance UID is written (and which is reported as
             # the duplicate) must not depend on timing, and after a kill the recorded parts of a
             # study stay a prefix. Buffered results are small (staged files wait on disk).
+            nbytes = [0]
             next_seq: dict[str, int] = {}
             waiting: dict[tuple[str, int], tuple[DeidJob, Any]] = {}
 
@@ -275,6 +276,8 @@ def run_deidentify(
                 # index entry are written again (the index is flushed only at the end of a run).
                 led.record_unit(job.unit_key, records, outputs, outcome="done" if complete else "partial",
                                 run_id=run_id, updated=audit_mod.utc_now())
+                nbytes[0] += sum(size for _, _, size, _ in job.files)
+                bar.set_postfix_str(f"{nbytes[0] / 1e6:.0f} MB", refresh=False)
                 bar.update(len(job.files))
 
             run_units(deid_unit, todo, ctx, on_result, jobs=njobs, executor=executor, scheduler=scheduler,

@@ -504,6 +504,9 @@ def archive_tree(
         from .pipeline import RunSettings
 
         _check_layout(Path(src), Path(dst))
+        q = Path(quarantine) if quarantine else Path.cwd() / "dicomsafe-quarantine"
+        if q.resolve().is_relative_to(Path(dst).resolve()):
+            raise ConfigError("quarantine must not be under the archive destination (it holds originals in clear)")
         work = Path(tempfile.mkdtemp(prefix="dicomsafe-archive-", dir=tmp_dir))
         try:
             os.chmod(work, 0o700)

@@ -456,3 +456,13 @@ def test_verify_detects_a_removed_or_replayed_catalog_segment(tmp_path, keys):
     assert r.returncode == 1 and "missing" in r.stderr
     segs[1].write_bytes(saved)
     assert verify_archive(dst, _ids(keys)).ok
+
+
+def test_deidentify_mode_refuses_a_quarantine_inside_the_archive(tmp_path, keys):
+    src = tmp_path / "src"
+    build_tree(src, patients=1, studies=1, files=1, notes=False)
+    dst = tmp_path / "archive"
+    r = _cli("archive", src, dst, "-R", keys / "recipients.txt", "--secret-file", keys / "secret",
+             "--deidentify", "--quarantine", dst / "q")
+    assert r.returncode == 2 and "quarantine" in r.stderr
+    assert not (dst / "q").exists()

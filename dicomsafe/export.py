@@ -132,6 +132,11 @@ def export_tree(
     src_p, dst_p = Path(src), Path(dst)
     if not src_p.is_dir():
         raise ConfigError("source directory not found")
+    q = Path(quarantine) if quarantine else Path.cwd() / "dicomsafe-quarantine"
+    if q.resolve().is_relative_to(dst_p.resolve()):
+        raise ConfigError("quarantine must not be under the export destination (it holds originals in clear)")
+    if dst_p.resolve().is_relative_to(src_p.resolve()):
+        raise ConfigError("destination must not be inside the source directory")
     dst_p.mkdir(parents=True, exist_ok=True)
     export_id = new_export_id()
     started = audit_mod.utc_now()

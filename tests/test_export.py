@@ -148,3 +148,13 @@ def test_hostile_corpus_export_has_no_planted_phi(tmp_path, keys):
     assert c["inputs"] == len(corpus.files) == c["written"] + c["quarantined"] + c["skipped"]
     assert c["written"] == c["files_in_export"] >= len(corpus.with_outcome("written")) - 5
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_quarantine_or_destination_in_the_wrong_place_is_refused(tmp_path, keys, source):
+    src, _ = source
+    r = _cli("export", src, tmp_path / "exports", "--secret-file", keys / "secret", "-R",
+             keys / "recipients.txt", "--quarantine", tmp_path / "exports" / "q")
+    assert r.returncode == 2 and "quarantine" in r.stderr
+    r = _cli("export", src, src / "exports", "--secret-file", keys / "secret", "-R", keys / "recipients.txt",
+             "--quarantine", tmp_path / "q")
+    assert r.returncode == 2 and not (src / "exports").exists()

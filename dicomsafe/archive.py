@@ -298,7 +298,7 @@ def archive_unit(job: ArchiveJob, ctx: ArchiveCtx) -> ArchiveResult:
     records: list[FileRecord] = []
 
     def produce(wf: IO[bytes]) -> None:
-        with tarfile.open(fileobj=wf, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+        with tarfile.open(fileobj=wf, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # >8 GiB files
             for path, relpath, fkey, size, mtime_ns in job.files:
                 member = f"{fkey}.dcm"
                 try:

@@ -17,23 +17,14 @@ from typing import Any, Callable
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from . import __version__, dicomio
+from . import __version__, dicomio, text
+from . import verify as phi_verify
 from .errors import InputFileError
 from .profiles import Profile
 from .pseudonyms import Pseudonymizer
-from .rules import CID7050, DUMMY_TEXT, Context, Plan, compile_plan
+from .rules import CID7050, Context, Plan, compile_plan
 
 log = logging.getLogger(__name__)
-
-#: Verification finding kinds that a profile option makes acceptable in the output.
-_IGNORED_BY_OPTION = {
-    "retain-uids": {"uid"},
-    "retain-longitudinal-full-dates": {"date"},
-    "retain-longitudinal-modified-dates": set(),
-    "retain-institution-identity": {"institution"},
-    "retain-device-identity": {"device"},
-}
-
 
 @dataclass
 class FileResult:
@@ -48,6 +39,7 @@ class FileResult:
     src_path: str | None = None  # operator side only: goes to the quarantine index, never to DST
     size: int = 0
     details: list[str] = field(default_factory=list)  # PHI-free finding paths/kinds
+    pixel: Any = None  # PixelOutcome with before/after thumbnails, for the operator's review page
 
 
 class Deidentifier:
@@ -59,9 +51,15 @@ class Deidentifier:
         self.pseudo = Pseudonymizer(secret)
         self.verify = verify
         opts = set(profile.options)
-        self.ignore_kinds = frozenset(k for o in opts for k in _IGNORED_BY_OPTION.get(o, ()))
+        self.ignore_kinds = phi_verify.ignore_kinds_for_options(opts)
         self.needs_shift = "retain-longitudinal-modified-dates" in opts or any(
             o.action == "shift" for o in profile.overrides)
+        # Free text kept by C actions can name the patient the way a *sibling* file does (a
+        # transliterated PatientName here, the Latin spelling in another file of the study), so
+        # profiles that clean text harvest identity per study, not per file.
+        self.pool_study_identity = bool(opts & {"clean-descriptors", "clean-structured-content",
+                                                "clean-graphics", "retain-device-identity",
+                                                "retain-patient-characteristics"})
         self._method = _method_text(profile)
         self._codes = _method_codes(profile)
 
@@ -102,7 +100,26 @@ class Deidentifier:
 
     # -- I/O shell ---------------------------------------------------------------------------
 
-    def process_file(self, path: str | os.PathLike[str], staging_dir: Path, file_id: str) -> FileResult:
+    def study_identity(self, paths: list[str | os.PathLike[str]]) -> Any:
+        """The pooled identifying values of one study's files (headers only), or None when the
+        profile keeps no free text (then each file's own harvest is enough)."""
+        if not self.pool_study_identity or len(paths) < 2:
+            return None
+        harvests = []
+        for p in paths:
+            try:
+                harvests.append(phi_verify.harvest(dicomio.read_header(p)))
+            except Exception:  # noqa: BLE001 - an unreadable sibling is quarantined on its own turn
+                continue
+        return phi_verify.PhiValues.union(harvests) if harvests else None
+
+    def process_files(self, items: list[tuple[str | os.PathLike[str], str]], staging_dir: Path) -> list[FileResult]:
+        """De-identify the files of one work unit (a study, or part of one): ``(path, file_id)``."""
+        study = self.study_identity([p for p, _ in items])
+        return [self.process_file(p, staging_dir, fid, study=study) for p, fid in items]
+
+    def process_file(self, path: str | os.PathLike[str], staging_dir: Path, file_id: str,
+                     study: Any = None) -> FileResult:
         """Read, transform, write to ``staging_dir/<file_id>.dcm`` and verify it.
 
         Never raises for a bad input: every per-file problem becomes a quarantined result.
@@ -115,6 +132,8 @@ class Deidentifier:
             res.size = rr.size
             ds = rr.dataset
             phi = _harvest(ds)
+            if study is not None:
+                phi = phi.with_identity_of([study])
             try:
                 relpath = self.transform(ds, phi)
             except InputFileError:
@@ -144,20 +163,26 @@ class Deidentifier:
             return res
 
     def _pixels(self, ds: Dataset, rr: Any, phi: Any, res: FileResult) -> Any:
-        """Apply the profile's burned-in text policy; returns the pixel_ref still to stream."""
+        """Apply the profile's burned-in text policy; returns the pixel_ref still to stream
+        (None once the pixels live, masked, in the dataset)."""
         if self.profile.pixels.burned_in == "keep" or rr.pixel_ref is None:
             return rr.pixel_ref
-        try:
-            from . import pixels
-        except ImportError:
-            raise InputFileError("pixels-unavailable", "pixel cleaning requested but not available") from None
-        dicomio.load_pixel_data(ds, rr.pixel_ref)
+        from . import pixels
+
         policy = pixels.PixelPolicy(burned_in=self.profile.pixels.burned_in, ocr=self.profile.pixels.ocr,
-                                    filters=tuple(self.profile.filters))
+                                    filters=("dicom",) + tuple(self.profile.pixel_recipes))
+        if "TransferSyntaxUID" not in ds.file_meta:
+            ds.file_meta.TransferSyntaxUID = rr.transfer_syntax  # a file without meta: what the reader found
+        dicomio.load_pixel_data(ds, rr.pixel_ref)
         outcome = pixels.apply_pixel_policy(ds, policy, _phi_strings(phi))
+        if outcome.needs_review:
+            res.pixel = outcome
         if outcome.quarantine_reason:
             raise InputFileError(outcome.quarantine_reason, "burned-in text could not be proven removed")
-        return None  # pixels are now in the dataset
+        if not outcome.changed:
+            del ds.PixelData  # unchanged: stream the original bytes, keep memory bounded
+            return rr.pixel_ref
+        return None
 
 
 def _output_relpath(ds: Dataset, token: str) -> str:
@@ -191,40 +216,21 @@ def _method_codes(profile: Profile) -> list[tuple[str, str]]:
 
 
 def _harvest(ds: Dataset) -> Any:
-    try:
-        from . import verify
-    except ImportError:
-        return None
-    return verify.harvest(ds)
+    return phi_verify.harvest(ds)
 
 
 def _phi_strings(phi: Any) -> list[str]:
+    """Every harvested value, for the pixel stage's OCR comparison."""
     if phi is None:
         return []
-    fn = getattr(phi, "all_strings", None)
-    if callable(fn):
-        return list(fn())
-    out: list[str] = []
-    for v in vars(phi).values():
-        if isinstance(v, (set, frozenset, list, tuple)):
-            out.extend(str(x) for x in v)
-    return out
+    return sorted({v for vals in phi.values_by_kind().values() for v in vals})
 
 
 def _scrubber(phi: Any, kinds: tuple[str, ...]) -> Callable[[str], str]:
-    """Free-text cleaner for C actions. Without the text module we cannot prove text clean,
-    so the whole value becomes a dummy (fail closed)."""
-    try:
-        from . import text
-    except ImportError:
-        return lambda s: DUMMY_TEXT
+    """Free-text cleaner for C actions: the patient's own identifiers and identifier patterns."""
     return lambda s: text.scrub(s, phi, kinds)
 
 
 def _verify(path: Path, phi: Any, ignore_kinds: frozenset[str]) -> list[str]:
-    try:
-        from . import verify
-    except ImportError:
-        return []
-    findings = verify.verify_file(path, phi, ignore_kinds=ignore_kinds)
+    findings = phi_verify.verify_file(path, phi, ignore_kinds=ignore_kinds)
     return [f"{f.path}: {f.kind}" for f in findings]

@@ -28,6 +28,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import stat
 import struct
 import warnings
@@ -37,7 +38,6 @@ from pathlib import Path
 from typing import IO, BinaryIO, Iterator
 
 import pydicom
-from pydicom import config as pydicom_config
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.filebase import DicomFileLike
@@ -56,6 +56,37 @@ from .errors import InputFileError, OutputError
 from .fsutil import atomic_writer
 
 log = logging.getLogger(__name__)
+
+
+class _RedactPydicomLog(logging.Filter):
+    """pydicom logs (and warns) with texts that quote element values, e.g. "Invalid value for VR
+    PN: '<a name>'". Records of its loggers keep their level but lose their text, so no value
+    can reach a log file or the terminal through them, whatever logging set-up the CLI uses."""
+
+    MESSAGE = "pydicom reported a problem with a data element (details withheld: may quote values)"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self.MESSAGE
+        record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+def _install_pydicom_log_redaction() -> None:
+    names = (
+        "pydicom",
+        "pydicom.pixels.decoders.base",
+        "pydicom.pixels.encoders.base",
+        "pydicom.pixels.utils",
+    )
+    for name in names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RedactPydicomLog) for f in logger.filters):
+            logger.addFilter(_RedactPydicomLog())
+
+
+_install_pydicom_log_redaction()
 
 #: dicomsafe's Implementation Class UID (a fixed UUID-derived OID under 2.25, PS3.5 B.2).
 IMPLEMENTATION_CLASS_UID = "2.25.169421573672751245676750037997110103044"
@@ -100,10 +131,28 @@ class ReadLimits:
     max_elements: int = 5_000_000  # elements in the whole file (all depths)
     max_element_bytes: int = 256 << 20  # any single non-pixel value
     max_header_bytes: int = 512 << 20  # all non-pixel values together (they are loaded)
-    max_inflated_bytes: int = 1 << 30  # Deflated transfer syntax: decompressed size
+    max_inflated_bytes: int = 256 << 20  # Deflated transfer syntax: decompressed size
 
 
 DEFAULT_LIMITS = ReadLimits()
+
+#: Every ``InputFileError.code`` that :func:`read_dicom` / :func:`read_header` can raise.
+READ_ERROR_CODES = (
+    "unreadable",  # cannot open/read, or not a regular file (FIFO, device, directory)
+    "empty",
+    "not-dicom",
+    "truncated",  # the file ends inside an element, item or sequence
+    "length-overflow",  # a length runs past its enclosing item/sequence, or is absurd
+    "malformed",  # structure pydicom or the walk cannot accept (bad items, order, VR …)
+    "malformed-text",  # binary bytes in a text value (a swallowed neighbour element)
+    "too-deep",  # sequence nesting > max_depth
+    "too-many-items",
+    "too-many-elements",
+    "too-large",  # a value / all header values / inflated size over the limits
+    "encoding-mismatch",  # byte order of the body contradicts the meta
+    "unsupported-transfer-syntax",  # private or unknown transfer syntax
+    "changed",  # the file changed while read (or, at write time, since read)
+)
 
 
 @dataclass(frozen=True)
@@ -155,6 +204,8 @@ class ReadResult:
     has_file_meta: bool
     trailing_bytes: int = 0
     size: int = 0
+    path: Path | None = None
+    mtime_ns: int = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,7 +326,7 @@ def _plausible_first_element(buf: bytes, size: int) -> str | None:
     """Is ``buf`` (file start, no preamble) a plausible dataset? Return 'dicom'/'dicomdir'/None.
 
     Accepts a first element in group 0002 (meta without preamble), 0004 (a DICOMDIR without meta)
-    or 0008 (a bare dataset, like pydicom's no_meta.dcm), in implicit or explicit VR, little or big
+    or 0008 (a bare dataset, like pydicom's ExplVR_LitEndNoMeta.dcm), in implicit or explicit VR, little or big
     endian, with a length that fits in the file.
     """
     if len(buf) < 8:
@@ -385,9 +436,10 @@ class _Walker:
 
     def _check_value(self, vpos: int, length: int, limit: int) -> int:
         end = vpos + length
-        if length > self.size:
-            raise InputFileError("length-overflow", "an element length exceeds the file size")
         if end > self.size:
+            # a cut-off file and a corrupted length look alike; an absurd length is the latter
+            if length >= 0x80000000 or length > 16 * self.size:
+                raise InputFileError("length-overflow", "an element length exceeds the file size")
             raise InputFileError("truncated", "file ends inside an element value")
         if end > limit:
             raise InputFileError("length-overflow", "an element overruns its enclosing item")
@@ -415,6 +467,7 @@ class _Walker:
             vrb = self._read(pos + 4, 2)
             if len(vrb) == 2 and not (0x40 < vrb[0] < 0x5B and 0x40 < vrb[1] < 0x5B):
                 implicit = True
+        last_tag = -1
         while True:
             if pos >= limit:
                 if item == "undefined":
@@ -439,6 +492,11 @@ class _Walker:
                 raise InputFileError("malformed", "unexpected item delimiter")
             if tag in (_ITEM, _SEQ_DELIM):
                 raise InputFileError("malformed", "unexpected item tag in a dataset")
+            if tag <= last_tag:
+                # PS3.5 7.1: ascending order, no repeats. pydicom would silently keep only the
+                # last of two equal tags, so the first value would escape every later check.
+                raise InputFileError("malformed", "data elements out of order or repeated")
+            last_tag = tag
             self._count()
             vrb = head[4:6]
             vr: str | None
@@ -467,8 +525,8 @@ class _Walker:
                 end = self._undefined(tag, vr, vpos, limit, implicit, depth, is_pixel)
             else:
                 end = self._check_value(vpos, length, limit)
-                if self._is_sq(tag, vr, implicit):
-                    self._sequence(vpos, end, implicit, depth + 1, defined=True)
+                if self._is_sq(tag, vr, implicit, length):
+                    self._sequence(vpos, end, implicit or vr == "UN", depth + 1, defined=True)
                 elif not is_pixel:
                     if length > self.limits.max_element_bytes:
                         raise InputFileError("too-large", "an element value is too large")
@@ -480,10 +538,13 @@ class _Walker:
             pos = end
 
     @staticmethod
-    def _is_sq(tag: int, vr: str | None, implicit: bool) -> bool:
+    def _is_sq(tag: int, vr: str | None, implicit: bool, length: int = 0) -> bool:
+        """Will pydicom parse this defined-length element as a sequence? (SQ; implicit VR with
+        a dictionary VR of SQ; explicit UN of a public SQ attribute, which pydicom re-types
+        when shorter than 64 KiB.)"""
         if vr == "SQ":
             return True
-        if vr is None:
+        if vr is None or (vr == "UN" and not (tag >> 16) & 1 and length < 0xFFFF):
             try:
                 return dictionary_VR(tag) == "SQ"
             except KeyError:
@@ -496,8 +557,9 @@ class _Walker:
         if is_pixel or vr in ("OB", "OW"):
             return self._fragments(vpos, limit, count_bytes=not is_pixel)
         if vr == "UN":
-            # PS3.5 6.2.2: an undefined-length UN is a sequence encoded in implicit VR LE
-            return self._sequence(vpos, limit, True, depth + 1, defined=False)
+            # PS3.5 6.2.2: an undefined-length UN is a sequence (its items are implicit VR LE;
+            # like pydicom, detect the item encoding rather than assume it)
+            return self._sequence(vpos, limit, implicit, depth + 1, defined=False)
         if vr in (None, "SQ"):
             if vr is None and not self._is_sq(tag, vr, implicit):
                 nxt, _ = self._tag_len(vpos)
@@ -656,20 +718,45 @@ def _transfer_syntax_for(layout: _Layout) -> str:
 
 @contextlib.contextmanager
 def _quiet_pydicom() -> Iterator[None]:
-    """Silence pydicom warnings (their texts may quote values) and keep its forgiving defaults
-    from hiding problems we want to see as exceptions."""
+    """Silence pydicom warnings while we call it: their texts may quote element values."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
 
 
-def _force_read(ds: Dataset, depth: int, limits: ReadLimits) -> None:
+_TEXT_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+)
+# C0 controls other than TAB, LF, FF, CR and ESC (ISO 2022 escapes): never legitimate in text
+# values (PS3.5 6.1.2/6.1.3). NUL is only accepted as trailing padding.
+_BAD_TEXT = re.compile("[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]")
+
+
+def _check_text(value: object) -> None:
+    """Reject text values carrying binary bytes. A corrupted length field that makes a text
+    element swallow its neighbour (tag, VR, length, *its value*) shows up exactly like this; the
+    swallowed value (a patient name, say) would otherwise hide inside an innocent attribute where
+    no tag-based rule looks for it."""
+    values = value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else (value,)
+    for v in values:
+        if v is None:
+            continue
+        text = str(v).rstrip("\x00 ")
+        if _BAD_TEXT.search(text):
+            raise InputFileError(
+                "malformed-text", "a text value contains binary bytes (possibly a swallowed element)"
+            )
+
+
+def _force_read(ds: Dataset, depth: int, limits: ReadLimits, *, check_text: bool = True) -> None:
     """Convert every element once (values, nested sequences) so malformed content fails here."""
     if depth > limits.max_depth:
         raise InputFileError("too-deep", "sequences nested too deeply")
     for tag in list(ds.keys()):
         elem = ds[tag]
         value = elem.value
+        if check_text and elem.VR in _TEXT_VRS:
+            _check_text(value)
         if elem.VR == "SQ":
             if not isinstance(value, Sequence):
                 raise InputFileError("malformed", "sequence could not be parsed")
@@ -701,9 +788,7 @@ def _map_exception(exc: BaseException) -> InputFileError:
 def read_dicom(path: str | os.PathLike[str], *, limits: ReadLimits = DEFAULT_LIMITS) -> ReadResult:
     """Read a DICOM file safely; pixel data stays in the source file (see :class:`PixelRef`).
 
-    Raises InputFileError with codes: ``unreadable``, ``empty``, ``not-dicom``, ``truncated``,
-    ``malformed``, ``length-overflow``, ``too-deep``, ``too-many-items``, ``too-many-elements``,
-    ``too-large``, ``encoding-mismatch``.
+    Raises InputFileError with one of :data:`READ_ERROR_CODES` and a fixed, value-free message.
     """
     try:
         return _read_dicom(Path(os.fspath(path)), limits)
@@ -713,7 +798,7 @@ def read_dicom(path: str | os.PathLike[str], *, limits: ReadLimits = DEFAULT_LIM
         raise _map_exception(exc) from None
 
 
-def _read_dicom(path: Path, limits: ReadLimits) -> ReadResult:
+def _read_dicom(path: Path, limits: ReadLimits, *, full: bool = True) -> ReadResult:
     fh, st = _open_regular(path)
     with fh:
         size = st.st_size
@@ -737,6 +822,9 @@ def _read_dicom(path: Path, limits: ReadLimits) -> ReadResult:
         if walker.trailing:
             raise InputFileError("truncated", "file ends inside an element header")
         ts = _transfer_syntax_for(layout)
+        if not UID(ts).is_transfer_syntax or UID(ts).is_private:
+            # private/unknown syntaxes: we cannot know how to re-encode them faithfully
+            raise InputFileError("unsupported-transfer-syntax", "unsupported transfer syntax")
 
         with _quiet_pydicom():
             fh.seek(0)
@@ -745,11 +833,19 @@ def _read_dicom(path: Path, limits: ReadLimits) -> ReadResult:
             if not deflated and enc[1] != layout.little:
                 raise InputFileError("encoding-mismatch", "byte order of the dataset is ambiguous")
             pixel_ref = None
-            if not deflated:
-                pixel_ref = _attach_tail(fh, ds, walker, layout, path, st, ts)
-            _force_read(ds, 0, limits)
-            _force_read(ds.file_meta, 0, limits)
+            if not full:
+                pass  # header only: the walk already proved the structure; values stay raw
+            else:
+                if not deflated:
+                    pixel_ref = _attach_tail(fh, ds, walker, layout, path, st, ts)
+                _force_read(ds, 0, limits)
+                # the meta is rebuilt on output, nothing of it is written: convert, don't police
+                _force_read(ds.file_meta, 0, limits, check_text=False)
+            now = os.fstat(fh.fileno())
+            if (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+                raise InputFileError("changed", "file changed while it was read")
     ds.filename = None  # no lazy re-reads from the source behind our back
+    ds.preamble = b"\x00" * 128  # the original (possibly a polyglot) is in ReadResult.preamble
     threat = preamble_threat(layout.preamble)
     return ReadResult(
         dataset=ds,
@@ -762,6 +858,8 @@ def _read_dicom(path: Path, limits: ReadLimits) -> ReadResult:
         has_file_meta=layout.has_meta,
         trailing_bytes=walker.trailing,
         size=size,
+        path=path,
+        mtime_ns=st.st_mtime_ns,
     )
 
 
@@ -785,6 +883,8 @@ def _walk_deflated(fh: BinaryIO, layout: _Layout, limits: ReadLimits) -> _Walker
     size = out.tell()
     walker = _Walker(out, size, True, limits)
     walker.dataset(0, size, False, 0, top=True)
+    walker.fh = io.BytesIO()  # drop the inflated copy now: pydicom inflates its own
+    out.close()
     return walker
 
 
@@ -838,12 +938,19 @@ def _attach_tail(
 
 
 def read_header(path: str | os.PathLike[str], *, limits: ReadLimits = DEFAULT_LIMITS) -> Dataset:
-    """The dataset without pixel data (same checks as :func:`read_dicom`).
+    """The dataset up to (not including) the first top-level pixel element, for discovery.
 
-    Discovery uses it for study grouping. The structural walk only reads element headers, so the
-    cost is proportional to the number of elements, not to the pixel data size.
+    Same structural walk and limits as :func:`read_dicom` (so a hostile file fails here too, with
+    the same codes), but values are not converted up front and elements after the pixel data
+    are not parsed: study grouping needs a few UIDs, and the pipeline reads the file properly
+    later. The walk reads element headers only, so the cost does not grow with pixel data size.
     """
-    return read_dicom(path, limits=limits).dataset
+    try:
+        return _read_dicom(Path(os.fspath(path)), limits, full=False).dataset
+    except InputFileError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise _map_exception(exc) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -1013,24 +1120,32 @@ def _pixel_header(ref: PixelRef, ds: Dataset, implicit: bool, little: bool) -> b
 
 
 def _stream_pixel_data(fh: IO[bytes], ref: PixelRef, ds: Dataset, implicit: bool, little: bool) -> None:
-    """Copy the source's Pixel Data value in 1 MiB chunks, byte-swapping 16-bit words only when
-    the byte order changes (big endian source written little endian or the reverse)."""
+    """Copy the source's Pixel Data value in 1 MiB chunks. Only when the byte order changes (a
+    big endian source written little endian, or the reverse) are native OW values byte-swapped:
+    per 16-bit word for 8-bit samples, per sample of BitsAllocated bits otherwise (which is how
+    pydicom reads them; the little endian twins of pydicom's big endian test files agree)."""
     header = _pixel_header(ref, ds, implicit, little)
     fh.write(header)
-    swap = (
-        ref.is_little_endian != little
-        and not ref.encapsulated
-        and _native_pixel_vr(ds) == "OW"
-    )
-    if swap and ref.value_length % 2:
-        raise InputFileError("malformed", "odd-length 16-bit pixel data")
-    for chunk in iter_pixel_chunks(ref):
-        fh.write(_swap16(chunk) if swap else chunk)
+    width = 0
+    if ref.is_little_endian != little and not ref.encapsulated:
+        bits = int(ds.get("BitsAllocated", 16) or 16)
+        vr = ref.vr or _native_pixel_vr(ds)
+        if vr == "OW" and bits in (1, 8):
+            width = 2  # OW is a stream of 16-bit words: 8-bit samples are swapped in pairs
+        elif vr == "OW" and bits in (16, 32, 64):
+            width = bits // 8
+    if width and ref.value_length % width:
+        raise InputFileError("malformed", "pixel data length is not a whole number of samples")
+    chunk_size = COPY_CHUNK - COPY_CHUNK % 8  # a multiple of every sample width
+    for chunk in iter_pixel_chunks(ref, chunk=chunk_size):
+        fh.write(_swap(chunk, width) if width else chunk)
 
 
-def _swap16(data: bytes) -> bytes:
+def _swap(data: bytes, width: int) -> bytes:
+    """Reverse the byte order of each ``width``-byte sample."""
     arr = bytearray(data)
-    arr[0::2], arr[1::2] = data[1::2], data[0::2]
+    for i in range(width):
+        arr[i::width] = data[width - 1 - i :: width]
     return bytes(arr)
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -65,8 +66,16 @@ class SourceFile:
 
     @property
     def relpath_bytes(self) -> bytes:
-        """The relative path as raw bytes (the sort key; exact even for non-UTF-8 names)."""
+        """The relative path as raw bytes: exact even for non-UTF-8 names. Use this (not
+        ``relpath.encode()``, which raises on such names) to derive keys and ids."""
         return os.fsencode(self.relpath)
+
+    @property
+    def relpath_text(self) -> str:
+        """The relative path as printable, always UTF-8-encodable text (non-UTF-8 bytes become
+        ``\\xNN``), for operator-side listings such as the quarantine index. Not unique in
+        theory (a literal backslash sequence), so never use it as a key."""
+        return self.relpath_bytes.decode("utf-8", "backslashreplace")
 
 
 @dataclass
@@ -80,6 +89,7 @@ class WalkStats:
     dirs_revisited: int = 0  # directory reached twice (symlink to a dir in the tree, loops)
     vanished: int = 0  # listed, then gone before it could be examined
     state_dirs: int = 0
+    excluded: int = 0  # entries matching ``exclude``
 
 
 @dataclass
@@ -97,8 +107,38 @@ def _inside(root_real: bytes, target_real: bytes) -> bool:
     return target_real == root_real or target_real.startswith(root_real.rstrip(sep) + sep)
 
 
-def discover(src: str | os.PathLike[str], *, stats: WalkStats | None = None) -> Iterator[SourceFile]:
+def _in_skipped_dir(root_real: bytes, target_real: bytes, excluded: set[tuple[int, int]]) -> bool:
+    """Does the resolved target lie in a state directory or an excluded directory of the tree?"""
+    rel = target_real[len(root_real):].strip(os.sep.encode())
+    if not rel:
+        return False
+    parts = rel.split(os.sep.encode())
+    cur = root_real
+    for part in parts:
+        if os.fsdecode(part) in STATE_DIR_NAMES:
+            return True
+        cur = os.path.join(cur, part)
+        if excluded:
+            try:
+                st = os.stat(cur)
+            except OSError:
+                return True
+            if (st.st_dev, st.st_ino) in excluded:
+                return True
+    return False
+
+
+def discover(
+    src: str | os.PathLike[str],
+    *,
+    stats: WalkStats | None = None,
+    exclude: Iterable[str | os.PathLike[str]] = (),
+) -> Iterator[SourceFile]:
     """Yield every input file under ``src`` once, sorted by relative path bytes.
+
+    ``exclude``: directories (or files) never to enter or yield, e.g. the destination or the
+    quarantine directory when an operator puts them inside the source tree. They are matched by
+    (device, inode), so any path or link to them is excluded too; missing ones are ignored.
 
     Raises ConfigError if ``src`` is missing or not a directory (the message never contains the
     path: the operator typed it, and it may name a patient).
@@ -114,6 +154,13 @@ def discover(src: str | os.PathLike[str], *, stats: WalkStats | None = None) -> 
     if not stat.S_ISDIR(st_root.st_mode):
         raise ConfigError("source is not a directory")
     root_real = os.fsencode(os.path.realpath(root))
+    excluded: set[tuple[int, int]] = set()
+    for ex in exclude:
+        try:
+            st_ex = os.stat(ex)
+        except OSError:
+            continue
+        excluded.add((st_ex.st_dev, st_ex.st_ino))
 
     # (dev, ino) -> (via_symlink, relpath bytes, SourceFile without aliases)
     found: dict[tuple[int, int], tuple[bool, bytes, SourceFile]] = {}
@@ -177,6 +224,9 @@ def discover(src: str | os.PathLike[str], *, stats: WalkStats | None = None) -> 
                     if not _inside(root_real, target_real):
                         stats.symlinks_outside += 1
                         continue
+                    if _in_skipped_dir(root_real, target_real, excluded):
+                        stats.excluded += 1  # a link into .dicomsafe or an excluded directory
+                        continue
                     try:
                         st = os.stat(path_b)  # follows the link
                     except OSError:
@@ -184,13 +234,13 @@ def discover(src: str | os.PathLike[str], *, stats: WalkStats | None = None) -> 
                         continue
                 else:
                     st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                stats.vanished += 1
-                continue
-            except OSError:
+            except OSError:  # gone (or unstat-able) between listing and looking
                 stats.vanished += 1
                 continue
             via_link = dir_via_link or is_link
+            if (st.st_dev, st.st_ino) in excluded:
+                stats.excluded += 1
+                continue
             if stat.S_ISDIR(st.st_mode):
                 if os.fsdecode(name_b) in STATE_DIR_NAMES:
                     stats.state_dirs += 1
@@ -236,11 +286,15 @@ def study_uid_of(sf: SourceFile) -> str:
         ds = dicomio.read_header(sf.path)
     except InputFileError:
         return NO_STUDY
-    value = ds.get("StudyInstanceUID")
-    if value is None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warning texts can quote values
+            value = ds.get("StudyInstanceUID")
+    except Exception:  # noqa: BLE001 - a value pydicom cannot convert: study unknown
         return NO_STUDY
-    uid = str(value).strip().strip("\x00")
-    return uid
+    if not isinstance(value, str):  # absent, or multi-valued (malformed)
+        return NO_STUDY
+    return value.strip(" \x00")
 
 
 def group_studies(

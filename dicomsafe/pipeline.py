@@ -42,6 +42,7 @@ class RunSettings:
     report: Path | None = None
     quiet: bool = False
     verify: bool = True
+    review: Path | None = None  # operator-side HTML review of masked/quarantined images
 
     def resolved_quarantine(self) -> Path:
         return self.quarantine if self.quarantine is not None else Path.cwd() / DEFAULT_QUARANTINE
@@ -94,7 +95,7 @@ class Report:
         return text
 
 
-def check_paths(src: Path, dst: Path, quarantine: Path) -> None:
+def check_paths(src: Path, dst: Path, quarantine: Path, review: Path | None = None) -> None:
     """Refuse layouts that would lose or leak data: missing source, DST inside SRC (outputs would be
     re-read as inputs), SRC inside DST, quarantine under DST (source paths are PHI)."""
     if not src.is_dir():
@@ -106,6 +107,8 @@ def check_paths(src: Path, dst: Path, quarantine: Path) -> None:
         raise ConfigError("source must not be inside the destination directory")
     if q.is_relative_to(d):
         raise ConfigError("quarantine must not be under the destination (it holds source paths)")
+    if review is not None and review.resolve().is_relative_to(d):
+        raise ConfigError("the review directory must not be under the destination (it shows PHI)")
 
 
 class Writer:
@@ -117,6 +120,11 @@ class Writer:
         self.committed: set[str] = set()
         self.quarantine = settings.resolved_quarantine()
         self._qindex: list[dict] = []
+        self.review = None
+        if settings.review is not None:
+            from .pixels import ReviewWriter
+
+            self.review = ReviewWriter(settings.review, forbid_under=settings.dst)
 
     def commit(self, res: FileResult) -> FileResult:
         if res.outcome == "written":
@@ -136,6 +144,8 @@ class Writer:
                 self.committed.add(res.out_relpath)
         if res.outcome == "quarantined":
             self._quarantine(res)
+        if self.review is not None and res.pixel is not None:
+            self.review.add(res.file_id, res.pixel)
         self.report.add(res)
         return res
 
@@ -155,6 +165,8 @@ class Writer:
                              .encode("utf-8", "backslashreplace").decode("utf-8")})
 
     def finish(self) -> None:
+        if self.review is not None:
+            self.review.close()
         if self._qindex:
             path = self.quarantine / "index.jsonl"
             old = path.read_bytes() if path.exists() else b""
@@ -173,13 +185,12 @@ def plan_units(src: Path) -> tuple[list, list[tuple[SourceFile, str]]]:
 def process_unit(deid: Deidentifier, unit_files: Iterable[SourceFile], staging: Path,
                  file_id) -> Iterator[FileResult]:
     """Worker side: de-identify the files of one study, yielding staged results."""
-    for sf in unit_files:
-        yield deid.process_file(sf.path, staging, file_id(sf))
+    yield from deid.process_files([(sf.path, file_id(sf)) for sf in unit_files], staging)
 
 
 def deidentify_tree(settings: RunSettings, *, progress: bool | None = None) -> Report:
     """Run a whole de-identification; returns the report (also written to disk)."""
-    check_paths(settings.src, settings.dst, settings.resolved_quarantine())
+    check_paths(settings.src, settings.dst, settings.resolved_quarantine(), settings.review)
     report = Report(profile=settings.profile.name, profile_hash=settings.profile.hash,
                     options=list(settings.profile.options), started=time.time())
     t0 = time.perf_counter()
@@ -193,10 +204,11 @@ def deidentify_tree(settings: RunSettings, *, progress: bool | None = None) -> R
     def file_id(sf: SourceFile) -> str:
         return deid.pseudo.keyed_id("file", sf.relpath)
 
-    units, others = plan_units(settings.src)
-    total = sum(len(u.files) for u in units) + len(others)
-    bar = _progress(total, settings.quiet if progress is None else not progress)
+    bar = None
     try:
+        units, others = plan_units(settings.src)
+        total = sum(len(u.files) for u in units) + len(others)
+        bar = _progress(total, settings.quiet if progress is None else not progress)
         for sf, kind in others:
             writer.commit(FileResult(file_id=file_id(sf), outcome="skipped", reason=kind,
                                      src_path=os.fspath(sf.path), size=sf.size))
@@ -206,10 +218,11 @@ def deidentify_tree(settings: RunSettings, *, progress: bool | None = None) -> R
                 writer.commit(res)
                 bar.update(1)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
+        shutil.rmtree(staging, ignore_errors=True)
         report.seconds = time.perf_counter() - t0
         writer.finish()
-        shutil.rmtree(staging, ignore_errors=True)
     return report
 
 

@@ -38,7 +38,7 @@ ACTIONS = {
     "cap-age": "cap-age",
 }
 
-SCRUB_KINDS = ("ssn", "patient-names", "ids", "dates", "phone", "email", "address")
+from .text import DEFAULT_SCRUB_KINDS as SCRUB_KINDS  # noqa: E402 - one list of scrub kinds
 BURNED_IN = ("mask", "quarantine", "keep")
 _SECTIONS = {"profile", "dates", "tags", "pixels", "text"}
 _TAG_RE = re.compile(r"\(?\s*([0-9A-Fa-f]{4})\s*,\s*([0-9A-Fa-fXx]{4})\s*\)?")
@@ -78,6 +78,7 @@ class Profile:
     pixels: PixelSettings = PixelSettings()
     scrub: tuple[str, ...] = SCRUB_KINDS
     filters: tuple[Any, ...] = ()
+    pixel_recipes: tuple[str, ...] = ()  # deid recipe files whose %filter rules the pixel stage applies
     warnings: tuple[str, ...] = ()
     chain: tuple[str, ...] = field(default_factory=tuple)
 
@@ -311,6 +312,7 @@ def _load_toml(path: Path, seen: tuple[str, ...]) -> Profile:
 
     warnings = list(base.warnings)
     filters = tuple(base.filters)
+    pixel_recipes = tuple(base.pixel_recipes)
     recipe = head.get("deid_recipe")
     if recipe is not None:
         if not isinstance(recipe, str):
@@ -320,6 +322,8 @@ def _load_toml(path: Path, seen: tuple[str, ...]) -> Profile:
         for o in rover:
             overrides[o.selector] = o
         filters += tuple(rfilters)
+        if rfilters:
+            pixel_recipes += (str(rpath),)
         warnings += rwarn
 
     prof = Profile(
@@ -332,6 +336,7 @@ def _load_toml(path: Path, seen: tuple[str, ...]) -> Profile:
         pixels=pixels,
         scrub=scrub,
         filters=filters,
+        pixel_recipes=pixel_recipes,
         warnings=tuple(warnings),
         chain=base.chain + ((base.name,) if base.name != ROOT_BASE else ()),
     )
@@ -361,4 +366,5 @@ def _profile_from_recipe(path: Path) -> Profile:
         overrides[o.selector] = o
     return replace(base, name=f"{path.stem} (deid recipe over basic)", source=str(path),
                    overrides=tuple(overrides.values()), filters=tuple(rfilters),
+                   pixel_recipes=(str(path),) if rfilters else (),
                    warnings=tuple(rwarn), chain=("basic",))

@@ -69,7 +69,7 @@ class Pseudonymizer:
 
     def _mac(self, domain: str, *parts: str) -> bytes:
         h = self._base.copy()
-        h.update(domain.encode("utf-8") + b"\0" + "\0".join(parts).encode("utf-8"))
+        h.update(domain.encode("utf-8") + b"\0" + "\0".join(parts).encode("utf-8", "surrogateescape"))
         return h.digest()
 
     def uid(self, uid: str) -> str:

@@ -9,9 +9,10 @@ choices the standard leaves open are documented in docs/deidentification.md:
   every UID inside it keyed (so references still resolve);
 * ``D`` or ``C`` on a sequence keeps its items and applies the plan inside them; free text that
   the table does not list (e.g. SR TextValue) becomes a dummy under ``D`` and is scrubbed under ``C``;
-* attributes not in the table are kept (PS3.15), except free text inside ``D``/``C`` sequences,
-  free text in the overlay/curve groups (handled like Overlay Comments), group lengths, and
-  instance UIDs (keyed like every other UID unless retain-uids);
+* standard attributes not in the table are kept (PS3.15), except free text inside ``D``/``C``
+  sequences, free text in the overlay/curve groups (handled like Overlay Comments), group lengths,
+  and instance UIDs (keyed like every other UID unless retain-uids); public tags that are not in
+  the DICOM data dictionary at all (corrupted or invented) are removed;
 * private attributes are removed unless a safe-private rule or an explicit override keeps them.
 """
 
@@ -21,6 +22,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -28,6 +30,7 @@ from pydicom.tag import Tag
 
 from .profiles import Profile, TagOverride
 from .pseudonyms import Pseudonymizer, shift_da, shift_dt
+from .safeprivate import load_safe_private, normalize_creator
 from .standard import load_table
 
 log = logging.getLogger(__name__)
@@ -140,12 +143,12 @@ def compile_plan(profile: Profile) -> Plan:
     private: dict[tuple[int, str, int], Rule] = {}
     if "retain-safe-private" in opts:
         for g, creator, elem, action in _safe_private_entries():
-            private[(g, creator, elem)] = Rule(action, why="safe private")
+            private[(g, normalize_creator(creator), elem)] = Rule(action, why="safe private")
     for o in profile.overrides:
         rule = Rule(o.action, o.value, why=f"override {o.source}")
         if o.selector[0] == "private":
             _, g, creator, elem = o.selector
-            private[(g, creator, elem)] = rule
+            private[(g, normalize_creator(creator), elem)] = rule
         else:
             exact[o.selector[1]] = rule
     return Plan(
@@ -160,16 +163,8 @@ def compile_plan(profile: Profile) -> Plan:
 
 
 def _safe_private_entries() -> list[tuple[int, str, int, str]]:
-    """(group, creator, element low byte, action) of the safe-private list, if available."""
-    try:
-        from .safeprivate import load_safe_private
-    except ImportError:
-        log.warning("retain-safe-private: no safe-private list in this build; private attributes are removed")
-        return []
-    out = []
-    for e in load_safe_private():
-        out.append((e.group, e.creator, e.element, getattr(e, "action", "K")))
-    return out
+    """(group, creator, element low byte, action) of the safe-private list (data/safe_private.toml)."""
+    return [(e.group, e.creator, e.element, e.action) for e in load_safe_private()]
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,7 +187,7 @@ def _apply_dataset(ds: Dataset, plan: Plan, ctx: Context, mode: str, depth: int)
         if group % 2 == 1:
             if 0x0010 <= elem <= 0x00FF:
                 value = ds[tag].value
-                creators[(group, elem)] = value.strip() if isinstance(value, str) else ""
+                creators[(group, elem)] = normalize_creator(value) if isinstance(value, str) else ""
                 continue
             block = (group, elem >> 8)
             creator = creators.get(block)
@@ -223,6 +218,9 @@ def _unlisted_rule(ds: Dataset, tag: int, plan: Plan, mode: str) -> Rule | None:
     elem = ds[tag]
     vr = elem.VR
     group = tag >> 16
+    if not keyword_for_tag(tag):
+        # Not a standard attribute at all (a corrupted or invented tag): nothing says it is safe.
+        return Rule("X", why="unknown public tag")
     if 0x5000 <= group <= 0x60FF and (group & 0xFF00) in (0x5000, 0x6000) and vr in FREE_TEXT_VRS:
         return plan.overlay_text_rule
     if vr == "UI":

@@ -14,8 +14,13 @@ pydicom's job when the dataset is saved.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # verify imports this module; the type is only needed for annotations
+    from .verify import PhiValues
 
 #: What the scrubber writes in place of a hit. Never matches any detector.
 REMOVED = "[removed]"
@@ -39,7 +44,13 @@ STOP_TOKENS = frozenset(
         "left", "right", "axial", "sagittal", "coronal", "contrast", "study", "series", "image",
         "scan", "report", "exam", "view", "lung", "liver", "abdomen", "pelvis", "mri", "ct", "mr",
         "us", "cr", "dx", "pt", "nm", "xa", "rf", "mg", "ot", "sr", "sc", "jr", "sr", "md", "dr",
-        "mr", "mrs", "ms", "phd", "iii", "ii",
+        "mr", "mrs", "ms", "phd", "iii", "ii", "name", "first", "last", "text", "enter", "family",
+        "given", "middle",
+        # role words of DICOM and SR vocabulary, common in placeholder names ("Observer^Verifying")
+        "observer", "verifying", "verifier", "person", "operator", "physician", "reader", "author",
+        "technologist", "radiologist", "referring", "performing", "requesting", "reporting",
+        "attending", "service", "admin", "default", "user", "staff", "doctor", "nurse", "tech",
+        "device", "station", "system", "recording", "reviewer", "signer", "approver",
     }
 )
 
@@ -96,7 +107,8 @@ class _BytesEsc:
         return re.escape(bytes([b]))
 
 
-def compile_str_literals(values: Iterable[str]) -> re.Pattern[str] | None:
+@functools.lru_cache(maxsize=256)
+def compile_str_literals(values: frozenset[str]) -> re.Pattern[str] | None:
     """One case-insensitive regex finding any of ``values`` (already lower-cased) in text.
 
     Values in space-separated scripts get word boundaries; CJK/kana/hangul values do not.
@@ -116,7 +128,8 @@ def compile_str_literals(values: Iterable[str]) -> re.Pattern[str] | None:
     return re.compile("|".join(alts), re.IGNORECASE)
 
 
-def compile_bytes_literals(bounded: Iterable[bytes], free: Iterable[bytes]) -> re.Pattern[bytes] | None:
+@functools.lru_cache(maxsize=256)
+def compile_bytes_literals(bounded: frozenset[bytes], free: frozenset[bytes]) -> re.Pattern[bytes] | None:
     """One regex over ASCII-lower-cased bytes. Group ``b`` holds patterns that need non-alnum
     neighbours, group ``f`` the rest. The *left* boundary of ``b`` is not in the regex: a leading
     lookbehind disables the regex engine's first-byte scan and costs a factor of ~6, so callers
@@ -177,7 +190,7 @@ SSN_SEP_RE = re.compile(
 )
 SSN_LABEL_RE = re.compile(r"\b(?:SSN|SS#|social\s+security)", re.IGNORECASE)
 
-EMAIL_RE = re.compile(r"(?<![\w.+-])[\w.+%-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![\w-])")
+EMAIL_RE = re.compile(r"(?<![\w.+%-])[\w.+%-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![\w-])")
 
 PHONE_RE = re.compile(
     r"(?<![\w+/.-])(?:"
@@ -202,7 +215,21 @@ DATE_RE = re.compile(
     rf"|\d{{1,2}}{_ORD}\.?[\s-]+{_MONTHS}\.?,?[\s-]+(?:\d{{4}}|\d{{2}})"
     rf"|{_MONTHS}\.?[\s-]+\d{{1,2}}{_ORD},?[\s-]+\d{{4}}"
     rf"|{_MONTHS}\.?,?\s+(?:18|19|20)\d{{2}}"
+    r"|(?P<my>(?:0?[1-9]|1[0-2])/(?:19|20)\d{2})"  # 05/2020
+    r"|(?P<ym>(?:19|20)\d{2}-(?:0[1-9]|1[0-2]))"  # 2020-05
     r")(?![\w]|[./-]\d)",
+    re.IGNORECASE,
+)
+
+#: Ages over 89 are identifying (HIPAA Safe Harbor groups them with dates): "92 yo", "a 93-year-old".
+AGE_OVER_89_RE = re.compile(
+    r"\b(?:9\d|1[0-4]\d)(?:\s*|-)(?:years?(?:\s*|-)old|y/?o|yrs?|years?|y)\b", re.IGNORECASE
+)
+
+#: A phone number announced by a label, in any digit grouping ("Tel: 0044 20 7946 0958").
+LABELLED_PHONE_RE = re.compile(
+    r"\b(?:tel(?:ephone)?|phone|ph|fax|mobile|cell|pager|beeper)\.?\s*(?:no\.?|number|#)?\s*[:#]?\s*"
+    r"(?P<v>\+?[\d(][\d\s().-]{5,}\d)",
     re.IGNORECASE,
 )
 
@@ -232,7 +259,7 @@ ADDRESS_RE = re.compile(
 def _plausible_numeric_date(m: re.Match[str]) -> bool:
     """Reject numeric shapes that cannot be a calendar date (e.g. 13/45/20)."""
     txt = m.group(0)
-    if m.group("compact"):
+    if m.group("compact") or m.group("my") or m.group("ym"):
         return True
     nums = [int(p) for p in re.split(r"[-/.]", txt) if p.isdigit()]
     if len(nums) != 3:
@@ -255,8 +282,11 @@ def date_spans(text: str) -> list[tuple[int, int]]:
 
 
 def phone_spans(text: str) -> list[tuple[int, int]]:
-    """Spans of phone numbers: North American forms and ``+CC …`` international ones."""
-    return [m.span() for m in PHONE_RE.finditer(text) if _plausible_phone(m)]
+    """Spans of phone numbers: North American forms, ``+CC …`` international ones, and any
+    digit grouping after a label ("Tel:", "Fax", "Pager")."""
+    spans = [m.span() for m in PHONE_RE.finditer(text) if _plausible_phone(m)]
+    spans += [m.span("v") for m in LABELLED_PHONE_RE.finditer(text) if sum(c.isdigit() for c in m.group("v")) >= 7]
+    return spans
 
 
 def ssn_spans(text: str, *, bare: bool = True) -> list[tuple[int, int]]:
@@ -283,7 +313,7 @@ DEFAULT_SCRUB_KINDS = ("ssn", "patient-names", "ids", "dates", "phone", "email",
 _COLLAPSE_RE = re.compile(re.escape(REMOVED) + r"(?:[\s,.^=/'-]*" + re.escape(REMOVED) + ")+")
 
 
-def hit_spans(text: str, phi=None, kinds: Iterable[str] = DEFAULT_SCRUB_KINDS) -> list[tuple[int, int]]:
+def hit_spans(text: str, phi: PhiValues | None = None, kinds: Iterable[str] = DEFAULT_SCRUB_KINDS) -> list[tuple[int, int]]:
     """Sorted, merged spans of ``text`` that ``scrub`` would remove. Pure; no values returned."""
     kinds = frozenset(kinds)
     unknown = kinds - SCRUB_KINDS
@@ -291,8 +321,7 @@ def hit_spans(text: str, phi=None, kinds: Iterable[str] = DEFAULT_SCRUB_KINDS) -
         raise ValueError(f"unknown scrub kind(s): {', '.join(sorted(unknown))}")
     spans: list[tuple[int, int]] = []
     if phi is not None:
-        rx = phi.text_matcher(kinds)[0]
-        if rx is not None:
+        for rx in phi.text_matcher(kinds)[0]:
             spans.extend(m.span() for m in rx.finditer(text))
     if "ssn" in kinds:
         spans.extend(ssn_spans(text))
@@ -302,6 +331,7 @@ def hit_spans(text: str, phi=None, kinds: Iterable[str] = DEFAULT_SCRUB_KINDS) -
         spans.extend(email_spans(text))
     if "dates" in kinds:
         spans.extend(date_spans(text))
+        spans.extend(m.span() for m in AGE_OVER_89_RE.finditer(text))
     if "ids" in kinds:
         spans.extend(_group_spans(LABELLED_ID_RE, text))
     if "patient-names" in kinds:
@@ -321,7 +351,7 @@ def hit_spans(text: str, phi=None, kinds: Iterable[str] = DEFAULT_SCRUB_KINDS) -
     return merged
 
 
-def scrub(text: str, phi=None, kinds: Iterable[str] = DEFAULT_SCRUB_KINDS) -> str:
+def scrub(text: str, phi: PhiValues | None = None, kinds: Iterable[str] = DEFAULT_SCRUB_KINDS) -> str:
     """Replace every identifier in ``text`` with ``[removed]``, keeping the words around it.
 
     ``phi`` (a :class:`dicomsafe.verify.PhiValues`) adds the patient's own harvested values: every
@@ -367,7 +397,7 @@ def _scrub_one(value, vr: str, phi, kinds):
     return value
 
 
-def scrub_value(value, vr: str, phi=None, kinds: Iterable[str] = DEFAULT_SCRUB_KINDS):
+def scrub_value(value, vr: str, phi: PhiValues | None = None, kinds: Iterable[str] = DEFAULT_SCRUB_KINDS):
     """Scrub a DICOM element value of a text VR; multi-valued values are scrubbed item by item.
 
     Returns a value of the same shape (str, list, or pydicom MultiValue → list). PN values are

@@ -20,12 +20,14 @@ Findings name an attribute path and a kind, **never a value**: they go into repo
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 import mmap
-import warnings
 import os
 import re
 import struct
+import unicodedata
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,10 +106,29 @@ _KW_KIND = {
     },
     **{k: "other" for k in ("ResponsibleOrganization", "MilitaryRank", "BranchOfService")},
 }
-#: UI attributes naming a class, a syntax or a coding scheme: shared by everyone, never PHI.
-_CLASS_UID_SUFFIXES = ("ClassUID", "TransferSyntaxUID", "SchemeUID", "ContextUID", "ImplementationClassUID")
+#: UI attributes naming a class, a syntax, a coding scheme or a piece of software: shared by
+#: everyone, never PHI.
+_CLASS_UID_SUFFIXES = ("ClassUID", "TransferSyntaxUID", "SchemeUID", "ContextUID", "ImplementationClassUID",
+                       "UIDInFile", "ClassesInStudy", "ClassesInSeries", "ClassesSupported")
+_SOFTWARE_UID_KW = frozenset({"MappingResourceUID", "ContextGroupExtensionCreatorUID", "CreatorVersionUID",
+                              "PrivateInformationCreatorUID"})
 _WELL_KNOWN_UID_ROOT = "1.2.840.10008."
 _VENDOR_KW = ("Manufacturer", "ManufacturerModelName", "SoftwareVersions")
+
+#: Coded vocabulary: values come from code tables, not from people.
+_CODED_KW = frozenset({
+    "CodeValue", "CodeMeaning", "CodingSchemeDesignator", "CodingSchemeVersion", "LongCodeValue",
+    "URNCodeValue", "ContextIdentifier", "MappingResource", "ValueType", "RelationshipType",
+    "ContinuityOfContent", "ConceptNameCodeSequence", "ImageType", "Modality", "BodyPartExamined",
+})
+#: VRs holding codes, titles and identifiers of things, never free text about a person.
+_CODED_VRS = frozenset({"CS", "AE", "UI", "UR"})
+
+
+def _is_code_member(tag: int) -> bool:
+    """Members of a code sequence item, (0008,0100)–(0008,0124): CodeValue … CodeMeaning …"""
+    return 0x00080100 <= tag <= 0x00080124
+
 
 _TEXT_FREE_VRS = frozenset({"LO", "LT", "ST", "UT", "SH", "UC", "PN"})
 _LONG_TEXT_VRS = frozenset({"LT", "ST", "UT", "UC"})
@@ -115,6 +136,12 @@ _DATE_VRS = frozenset({"DA", "DT"})
 _SKIP_VRS = frozenset({"OW", "OF", "OD", "OL", "OV", "FL", "FD", "SL", "SS", "UL", "US", "SV", "UV", "AT", "TM", "DS", "IS", "AS"})
 _BYTES_VRS = frozenset({"OB", "UN"})
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+#: Sampled data (pixels, overlay planes, waveforms, spectra): bytes of measurements, not text.
+_SAMPLE_TAGS = _PIXEL_TAGS | frozenset({0x54001010, 0x56000020, 0x56000010})
+
+
+def _is_sample_tag(tag: int) -> bool:
+    return tag in _SAMPLE_TAGS or ((tag >> 16) & 0xFF01 == 0x6000 and tag & 0xFFFF == 0x3000)
 _LONG_HDR_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UT", b"UN", b"UC", b"UR", b"SV", b"UV"})
 _VALID_VRS = frozenset(
     "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split()
@@ -157,6 +184,10 @@ class PhiValues:
     encodings: tuple[str, ...] = ()
     _cache: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
+    def __reduce__(self):
+        # Pickle (process pools, Dask) without the compiled-matcher cache: it is rebuilt on use.
+        return (_rebuild_phi, (tuple(getattr(self, f) for f in _VALUE_FIELDS), self.encodings))
+
     def __repr__(self) -> str:
         counts = ", ".join(
             f"{f}={len(getattr(self, f))}" for f in _VALUE_FIELDS if getattr(self, f)
@@ -173,6 +204,30 @@ class PhiValues:
         """
         return PhiValues(**{f: getattr(self, f) for f in _VALUE_FIELDS if f not in ("dates", "other_dates")},
                          dates=frozenset(d for d in self.dates if not d.isdigit()), encodings=self.encodings)
+
+    def with_identity_of(self, others: Iterable[PhiValues]) -> PhiValues:
+        """This harvest plus the *identity* values (names, ids, UIDs, birth date, addresses, phones,
+        institution, device) of ``others`` — the other files of the same study or patient.
+
+        Why: one file may carry the patient's name only in a transliteration (PatientName in
+        Cyrillic, Greek, Hebrew) while its free text names the patient in Latin letters, as
+        another file of the study has it. A sibling's original UID is pooled too (a reference
+        left unkeyed is a leak). Ordinary dates stay this file's own: pooled, a sibling's real
+        date can equal this file's shifted one.
+        """
+        others = list(others)
+        pooled = PhiValues.union([self, *others])
+        return PhiValues(**{f: getattr(pooled, f) for f in _VALUE_FIELDS if f != "other_dates"},
+                         other_dates=self.other_dates, encodings=pooled.encodings)
+
+    def with_min_length(self, n: int) -> PhiValues:
+        """Only values of at least ``n`` characters (CJK/kana/hangul: half that). For searching
+        opaque binary files, where short strings turn up by chance."""
+        def keep(v: str) -> bool:
+            return len(v) >= (max(2, n // 2) if _t.is_unbounded(v) else n)
+
+        return PhiValues(**{f: frozenset(v for v in getattr(self, f) if keep(v)) for f in _VALUE_FIELDS},
+                         encodings=self.encodings)
 
     def is_empty(self) -> bool:
         return not any(getattr(self, f) for f in _VALUE_FIELDS)
@@ -216,27 +271,42 @@ class PhiValues:
             self._cache["by_kind"] = got
         return got
 
-    def _select(self, kinds: frozenset[str], min_len: int) -> dict[str, str]:
+    def _select(self, kinds: frozenset[str], min_len: int, single_tokens: bool = True) -> dict[str, str]:
         out: dict[str, str] = {}
         for kind, vals in self.values_by_kind().items():
             if kind in kinds:
                 for v in vals:
+                    if not single_tokens and kind in _NAME_KINDS and _is_single_token(v):
+                        continue
                     if _searchable(v, kind, min_len):
                         out.setdefault(v, kind)
         return out
 
-    def str_matcher(self, kinds: Iterable[str], min_len: int = 2) -> tuple[re.Pattern[str] | None, dict[str, str]]:
-        """(regex, lower-cased value → finding kind) for decoded text; compiled once and cached."""
+    def str_matcher(self, kinds: Iterable[str], min_len: int = 2,
+                    single_tokens: bool = True) -> tuple[tuple[re.Pattern[str], ...], dict[str, str]]:
+        """(regexes, casefolded value → finding kind) for decoded text; compiled once, cached.
+
+        Two regexes: the instance UIDs (new in every file) apart from everything else (the same
+        for every file of a patient), so the larger one is compiled once per patient, not per file.
+        ``single_tokens=False`` leaves out one-word name tokens (full-name forms stay): used on
+        coded vocabulary, where a surname such as "Long" or "Mass" is an ordinary code meaning.
+        """
         kinds = frozenset(kinds)
-        key = ("str", kinds, min_len)
+        key = ("str", kinds, min_len, single_tokens)
         got = self._cache.get(key)
         if got is None:
-            lookup = self._select(kinds, min_len)
-            got = (_t.compile_str_literals(lookup), lookup)
+            selected = self._select(kinds, min_len, single_tokens)
+            # keyed by casefold: the regex matches case-insensitively ("ΣΟΦΙΑΣ" vs "σοφιας"),
+            # and str.lower() does not map every such match back (final sigma, dotted I)
+            lookup = {v.casefold(): k for v, k in selected.items()}
+            parts = (frozenset(v for v, k in selected.items() if k != "uid"),
+                     frozenset(v for v, k in selected.items() if k == "uid"))
+            rxs = tuple(rx for rx in map(_t.compile_str_literals, parts) if rx is not None)
+            got = (rxs, lookup)
             self._cache[key] = got
         return got
 
-    def text_matcher(self, scrub_kinds: Iterable[str]) -> tuple[re.Pattern[str] | None, dict[str, str]]:
+    def text_matcher(self, scrub_kinds: Iterable[str]) -> tuple[tuple[re.Pattern[str], ...], dict[str, str]]:
         """The matcher :func:`dicomsafe.text.scrub` uses for the given scrub kinds.
 
         The birth date is always included: a patient's birth date is never clinical text.
@@ -246,30 +316,30 @@ class PhiValues:
             kinds |= SCRUB_TO_FINDING.get(k, frozenset())
         return self.str_matcher(frozenset(kinds), 2)
 
-    def bytes_matcher(self, kinds: Iterable[str]) -> tuple[re.Pattern[bytes] | None, dict[bytes, str], int]:
-        """(regex, ASCII-lower-cased pattern bytes → kind, longest pattern) for raw bytes.
+    def bytes_matcher(self, kinds: Iterable[str]) -> tuple[tuple[re.Pattern[bytes], ...], dict[bytes, str], int]:
+        """(regexes, ASCII-lower-cased pattern bytes → kind, longest pattern) for raw bytes.
 
         Minimum lengths guard against chance hits in binary data: names ≥ 3 bytes, other values
-        ≥ 4 bytes, patterns without word boundaries (non-ASCII encodings) ≥ 4 bytes.
+        ≥ 4 bytes, patterns without word boundaries (non-ASCII encodings) ≥ 4 bytes. UIDs get a
+        regex of their own, as in :meth:`str_matcher`.
         """
         kinds = frozenset(kinds)
         key = ("bytes", kinds)
         got = self._cache.get(key)
         if got is None:
             lookup: dict[bytes, str] = {}
-            bounded: set[bytes] = set()
-            free: set[bytes] = set()
+            groups = {False: (set(), set()), True: (set(), set())}  # is_uid -> (bounded, free)
             encodings = _byte_encodings(self.encodings)
             for v, kind in self._select(kinds, 2).items():
-                is_name = kind in ("patient-name", "person-name")
+                is_name = kind in _NAME_KINDS
+                bounded, free = groups[kind == "uid"]
                 for variant in {v, v.upper(), v.title(), v.capitalize()}:
                     for enc in encodings:
                         b = _encode_for_search(variant, enc)
                         if b is None:
                             continue
                         b = b.lower()
-                        ascii_only = b.isascii() and not _t.is_unbounded(v)
-                        if ascii_only:
+                        if b.isascii() and not _t.is_unbounded(v):
                             if len(b) < (3 if is_name else 4):
                                 continue
                             bounded.add(b)
@@ -279,9 +349,25 @@ class PhiValues:
                             free.add(b)
                         lookup.setdefault(b, kind)
             longest = max((len(b) for b in lookup), default=0)
-            got = (_t.compile_bytes_literals(bounded, free), lookup, longest)
+            rxs = tuple(
+                rx for rx in (_t.compile_bytes_literals(frozenset(bd), frozenset(fr)) for bd, fr in groups.values())
+                if rx is not None
+            )
+            got = (rxs, lookup, longest)
             self._cache[key] = got
         return got
+
+
+def _rebuild_phi(values: tuple, encodings: tuple[str, ...]) -> PhiValues:
+    return PhiValues(**dict(zip(_VALUE_FIELDS, values)), encodings=encodings)
+
+
+_NAME_KINDS = frozenset({"patient-name", "person-name"})
+_SEP_RE = re.compile(r"[\s^,.=]")
+
+
+def _is_single_token(v: str) -> bool:
+    return not _SEP_RE.search(v) and not _t.is_unbounded(v)
 
 
 def _searchable(v: str, kind: str, min_len: int) -> bool:
@@ -308,6 +394,30 @@ _VALUE_FIELDS = (
 )
 
 _ESC_RE = re.compile(rb"\x1b[\x20-\x2f]*[\x30-\x7e]")
+
+
+@functools.lru_cache(maxsize=1)
+def _table_date_tags() -> frozenset[int]:
+    """DA/DT attributes PS3.15 Table E.1-1 lists (so the engine acts on them). Dates outside the
+    table (calibration and expiry dates …) are kept unchanged by design and are not harvested,
+    or every kept one would quarantine its file."""
+    import json
+    from importlib.resources import files
+
+    from pydicom.datadict import dictionary_VR
+
+    rows = json.loads(files("dicomsafe").joinpath("data/standard/ps3.15-table-e.1-1.json").read_text("utf-8"))
+    out = set()
+    for row in rows:
+        ident = str(row.get("id", ""))
+        if len(ident) == 8 and all(c in "0123456789abcdefABCDEF" for c in ident):
+            tag = int(ident, 16)
+            try:
+                if dictionary_VR(tag) in ("DA", "DT"):
+                    out.add(tag)
+            except KeyError:
+                continue
+    return frozenset(out)
 
 
 def _byte_encodings(extra: tuple[str, ...]) -> list[str]:
@@ -386,7 +496,17 @@ def _name_forms(pn: str) -> tuple[set[str], set[str]]:
     full = {_norm(f) for f in full if f and not _t.is_dummy(f)}
     full = {f for f in full if f.lower() not in _t.STOP_TOKENS and len(f) >= 2}
     tokens = {_norm(t) for t in tokens if not _t.is_dummy(t)}
+    # People drop accents when they type a name into a report ("Qörvtrudeck" → "Qorvtrudeck").
+    full |= {_fold(f) for f in full}
+    tokens |= {_fold(t) for t in tokens if _fold(t) not in _t.STOP_TOKENS}
     return full, tokens
+
+
+def _fold(value: str) -> str:
+    """``value`` without diacritics (NFKD, combining marks dropped); unchanged when it has none."""
+    decomposed = unicodedata.normalize("NFKD", value)
+    folded = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return unicodedata.normalize("NFC", folded)
 
 
 def date_forms(value: str, *, rich: bool = True) -> set[str]:
@@ -433,16 +553,24 @@ def _iter_values(elem) -> Iterator[str]:
         yield str(val)
 
 
+_BIG_BINARY_VRS = frozenset({"OB", "UN", "OW", "OF", "OD", "OL", "OV", None})
+
+
+def _convert(ds: Dataset, tag: int) -> tuple[int, object, bool]:
+    """(tag, element, converted); an element whose value cannot be converted comes back raw."""
+    try:
+        return tag, ds[tag], True
+    except Exception:  # a malformed value: search its raw bytes instead
+        return tag, ds.get_item(tag), False
+
+
 def _safe_elements(ds: Dataset) -> Iterator[tuple[int, object, bool]]:
-    """(tag, element, converted) for every top-level element; unconvertible ones come back raw."""
+    """(tag, element, converted) for every top-level element; pixel data is never converted."""
     for tag in list(ds.keys()):
         if tag in _PIXEL_TAGS:
             yield tag, ds.get_item(tag), False
             continue
-        try:
-            yield tag, ds[tag], True
-        except Exception:  # a malformed value: search its raw bytes instead
-            yield tag, ds.get_item(tag), False
+        yield _convert(ds, tag)
 
 
 def harvest(ds: Dataset) -> PhiValues:
@@ -498,7 +626,7 @@ def harvest(ds: Dataset) -> PhiValues:
             if elem.is_private:
                 continue
             if vr == "UI":
-                if kw.endswith(_CLASS_UID_SUFFIXES):
+                if kw.endswith(_CLASS_UID_SUFFIXES) or kw in _SOFTWARE_UID_KW:
                     continue
                 for v in values:
                     v = v.strip().rstrip("\x00")
@@ -509,7 +637,7 @@ def harvest(ds: Dataset) -> PhiValues:
                 for v in values:
                     if kw == "PatientBirthDate":
                         acc["dates"] |= date_forms(v)
-                    else:
+                    elif tag in _table_date_tags():
                         acc["other_dates"] |= date_forms(v, rich=False)
                 continue
             kind = _KW_KIND.get(kw)
@@ -577,6 +705,7 @@ class Finding:
         return f"{self.path}: {self.kind}"
 
 
+@functools.lru_cache(maxsize=8192)
 def _tag_label(tag: int, keyword: str | None = None) -> str:
     t = Tag(tag)
     if t.is_private:
@@ -595,10 +724,28 @@ def _dedupe(findings: Iterable[Finding]) -> list[Finding]:
     return out
 
 
-def _is_name_like(value: str) -> bool:
+def _own_ids(ds: Dataset) -> frozenset[str]:
+    """The dataset's own PatientID values (casefolded): in an output, the pseudonymous id."""
+    out: set[str] = set()
+    for kw in ("PatientID", "OtherPatientIDs"):
+        try:
+            val = ds.get(kw)
+        except Exception:
+            continue
+        if val is None:
+            continue
+        vals = list(val) if isinstance(val, (list, tuple)) or type(val).__name__ == "MultiValue" else [val]
+        out.update(str(v).strip().casefold() for v in vals if str(v).strip())
+    return frozenset(out)
+
+
+def _is_name_like(value: str, pseudonyms: frozenset[str] = frozenset()) -> bool:
     """A PN value that looks like a real person's name: not a dummy and not a pseudonym token
-    (names carry no digits; keyed ids and 'ANON-0001'-style dummies do)."""
+    (names carry no digits; keyed ids and 'ANON-0001'-style dummies do; a PN equal to the
+    dataset's own PatientID is the pseudonymous id written as a name)."""
     if _t.is_dummy(value):
+        return False
+    if value.strip().strip("^=").strip().casefold() in pseudonyms:
         return False
     groups = [g for g in value.split("=") if g.strip("^ ")]
     if not groups:
@@ -607,23 +754,27 @@ def _is_name_like(value: str) -> bool:
 
 
 def _search_text(text: str, vr: str, path: str, phi: PhiValues | None, kinds: frozenset[str],
-                 name_heuristic: bool) -> Iterator[Finding]:
+                 name_heuristic: bool, keyword: str = "",
+                 pseudonyms: frozenset[str] = frozenset(), tag: int = 0) -> Iterator[Finding]:
+    """Findings in one element's decoded text. How hard to look depends on the VR: two-letter
+    name tokens only in long free text (LT/ST/UT/UC), ≥ 3 elsewhere, and no one-word name tokens
+    in coded vocabulary (CS, code meanings), where they would be ordinary words."""
     if not text:
         return
     if phi is not None:
+        single = True
         if vr in _DATE_VRS:
-            sel = kinds & {"birth-date", "date"}
-            min_len = 2
-        elif vr in _TEXT_FREE_VRS:
+            sel, min_len = kinds & {"birth-date", "date"}, 2
+        elif vr in _LONG_TEXT_VRS:
             sel, min_len = kinds, 2
         else:
             sel, min_len = kinds, 3
-        rx, lookup = phi.str_matcher(sel, min_len)
-        if rx is not None:
+            single = vr not in _CODED_VRS and keyword not in _CODED_KW and not _is_code_member(tag)
+        rxs, lookup = phi.str_matcher(sel, min_len, single)
+        for rx in rxs:
             for m in rx.finditer(text):
-                kind = lookup.get(m.group(0).lower())
-                if kind:
-                    yield Finding(path, kind)
+                # a match whose kind cannot be told is still a finding: fail closed
+                yield Finding(path, lookup.get(m.group(0).casefold(), "other"))
     if vr in _DATE_VRS or vr == "UI":
         return
     if "ssn" in kinds:
@@ -632,12 +783,14 @@ def _search_text(text: str, vr: str, path: str, phi: PhiValues | None, kinds: fr
             yield Finding(path, "ssn")
     if "email" in kinds and "@" in text and _t.email_spans(text):
         yield Finding(path, "email")
-    if vr in _TEXT_FREE_VRS and vr != "PN":
-        if "phone" in kinds and _t.phone_spans(text):
-            yield Finding(path, "phone")
-        if "date" in kinds and _t.date_spans(text):
-            yield Finding(path, "date")
-    if name_heuristic and vr == "PN" and "person-name" in kinds and _is_name_like(text):
+    if vr in _TEXT_FREE_VRS and vr != "PN" and "phone" in kinds and _t.phone_spans(text):
+        yield Finding(path, "phone")
+    # Date-shaped text is a finding only in pattern mode (no harvest) and only in long free text:
+    # with a harvest the patient's own dates are searched everywhere, and a date in a kept
+    # attribute (SoftwareVersions build stamps, calibration notes) is not the patient's.
+    if phi is None and vr in _LONG_TEXT_VRS and "date" in kinds and _t.date_spans(text):
+        yield Finding(path, "date")
+    if name_heuristic and vr == "PN" and "person-name" in kinds and _is_name_like(text, pseudonyms):
         yield Finding(path, "person-name")
 
 
@@ -667,14 +820,19 @@ def find_in_dataset(ds: Dataset, phi: PhiValues | None, *, ignore_kinds: Iterabl
     """
     kinds = ALL_KINDS - frozenset(ignore_kinds)
     heuristic = phi is None if name_heuristic is None else name_heuristic
+    pseudonyms = _own_ids(ds) if heuristic else frozenset()
     out: list[Finding] = []
 
     def walk(d: Dataset, prefix: str, depth: int) -> None:
         if depth > 32:
             return
-        for tag, elem, converted in _safe_elements(d):
-            if tag in _PIXEL_TAGS:
+        for tag in list(d.keys()):
+            if _is_sample_tag(tag):
                 continue
+            raw = d.get_item(tag)
+            if getattr(raw, "value", b"") is None and getattr(raw, "VR", None) in _BIG_BINARY_VRS:
+                continue  # a deferred binary blob (> 2 MB): the byte layer searches it in place
+            tag, elem, converted = _convert(d, tag)
             vr = getattr(elem, "VR", None) or "UN"
             path = prefix + _tag_label(tag, getattr(elem, "keyword", None) if converted else None)
             if depth == 0 and tag in _trailing and not prefix:
@@ -688,13 +846,12 @@ def find_in_dataset(ds: Dataset, phi: PhiValues | None, *, ignore_kinds: Iterabl
                 continue
             if converted and vr in _SKIP_VRS:
                 continue
-            if (tag >> 16) & 0xFF00 == 0x6000 and tag & 0xFFFF == 0x3000:
-                continue  # overlay bit planes
             text = _elem_text(elem, raw=not converted)
             if tag == 0x00100030 and text.strip() and "birth-date" in kinds:
                 out.append(Finding(path, "birth-date"))  # PS3.15: Z in every profile, no option keeps it
             search_vr = vr if converted else "UN"
-            out.extend(_search_text(text, search_vr, path, phi, kinds, heuristic))
+            kw = (getattr(elem, "keyword", "") or "") if converted else ""
+            out.extend(_search_text(text, search_vr, path, phi, kinds, heuristic, kw, pseudonyms, tag))
 
     meta = getattr(ds, "file_meta", None)
     if meta is not None:
@@ -709,14 +866,15 @@ def find_in_dataset(ds: Dataset, phi: PhiValues | None, *, ignore_kinds: Iterabl
 
 _B_SSN_SEP = re.compile(
     rb"(?<![0-9a-z\-])(?<![0-9]\.)(?!000|666|9[0-9][0-9])[0-9]{3}([- ])(?!00)[0-9]{2}\1(?!0000)[0-9]{4}"
-    rb"(?![0-9a-z\-]|\.[0-9])"
+    rb"(?![0-9a-z\-]|\.[0-9])",
+    re.IGNORECASE,
 )
 _B_SSN_BARE = re.compile(
     rb"(?<![0-9a-z\-])(?<![0-9]\.)(?!000|666|9[0-9][0-9])[0-9]{3}(?!00)[0-9]{2}(?!0000)[0-9]{4}(?![0-9a-z\-]|\.[0-9])"
 )
 # Cheap anchors: the regex engine scans fast for a pattern that starts with a literal or a small
 # byte class, so the full check only runs around a ``-NN-`` / `` NN `` or an ``@``.
-_B_SSN_ANCHOR = re.compile(rb"[- ][0-9]{2}[- ]")
+_B_SSN_ANCHORS = (re.compile(rb"-[0-9]{2}-"), re.compile(rb" [0-9]{2} "))
 _B_EMAIL_ANCHOR = re.compile(rb"@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}(?![\w-])")
 _EMAIL_LOCAL = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789._%+-")
 _CHUNK = 1 << 20
@@ -788,11 +946,25 @@ class _Labeler:
         return out
 
 
-def _regions(n: int, pixel_range: tuple[int, int] | None) -> list[tuple[int, int]]:
-    if not pixel_range or pixel_range[1] <= pixel_range[0]:
-        return [(0, n)]
-    a, b = max(0, pixel_range[0]), min(n, pixel_range[1])
-    return [r for r in ((0, a), (b, n)) if r[1] > r[0]]
+def _normalise_ranges(n: int, pixel_range) -> list[tuple[int, int]]:
+    """One (start, end) or a list of them → sorted, clipped, non-empty ranges."""
+    if not pixel_range:
+        return []
+    ranges = [pixel_range] if isinstance(pixel_range[0], int) else list(pixel_range)
+    out = sorted((max(0, a), min(n, b)) for a, b in ranges)
+    return [(a, b) for a, b in out if b > a]
+
+
+def _regions(n: int, skips: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The complement of ``skips`` in [0, n)."""
+    out, pos = [], 0
+    for a, b in skips:
+        if a > pos:
+            out.append((pos, a))
+        pos = max(pos, b)
+    if pos < n:
+        out.append((pos, n))
+    return out
 
 
 def _iter_hits(buf, start: int, end: int, rx: re.Pattern[bytes], overlap: int) -> Iterator[tuple[int, int, re.Match[bytes], bytes]]:
@@ -819,8 +991,21 @@ def _iter_hits(buf, start: int, end: int, rx: re.Pattern[bytes], overlap: int) -
         pos = stop
 
 
+def _ssn_offsets(buf, a: int, b: int) -> Iterator[int]:
+    """Offsets of dashed/spaced SSNs in ``buf[a:b]``, searched in place (no copy). The scan is
+    anchored on the literal ``-NN-`` / `` NN `` middle, which the regex engine finds at memchr
+    speed; the full form is checked only around an anchor."""
+    n = len(buf)
+    for anchor in _B_SSN_ANCHORS:
+        for m in anchor.finditer(buf, a, b):
+            s = m.start() - 3
+            if s >= a and _B_SSN_SEP.match(bytes(buf[max(0, s - 2):min(n, s + 14)]), s - max(0, s - 2)):
+                yield s
+
+
 def find_in_bytes(data: bytes | bytearray | memoryview | mmap.mmap, phi: PhiValues | None, *,
-                  ignore_kinds: Iterable[str] = frozenset(), pixel_range: tuple[int, int] | None = None,
+                  ignore_kinds: Iterable[str] = frozenset(),
+                  pixel_range: tuple[int, int] | list[tuple[int, int]] | None = None,
                   spans: list[tuple[int, str]] | None = None, dataset_end: int | None = None) -> list[Finding]:
     """Raw byte search of a whole written file for harvested values and SSN/e-mail patterns.
 
@@ -830,7 +1015,8 @@ def find_in_bytes(data: bytes | bytearray | memoryview | mmap.mmap, phi: PhiValu
     a bare 9-digit SSN only where no parser looks (preamble, trailing bytes, non-DICOM files),
     because header bytes are full of digits.
 
-    ``pixel_range`` (start, end) is the pixel-data *value*; it is searched for the dashed/spaced
+    ``pixel_range`` (start, end) — or a list of them — is the pixel-data *value* (and icon or
+    other nested pixel values); it is searched for the dashed/spaced
     SSN form only (anchored on ``-NN-``, so the pass costs almost nothing), never for harvested
     values: compressed or random pixel bytes match short strings by chance, and burned-in text is
     pixels, not bytes — that is :mod:`dicomsafe.pixels`' job. ``spans`` (offset, label) and
@@ -841,18 +1027,17 @@ def find_in_bytes(data: bytes | bytearray | memoryview | mmap.mmap, phi: PhiValu
     n = len(data)
     labeler = _Labeler(data, spans, dataset_end)
     out: list[Finding] = []
-    rx, lookup, longest = phi.bytes_matcher(kinds) if phi is not None else (None, {}, 0)
-    regions = _regions(n, pixel_range)
+    rxs, lookup, longest = phi.bytes_matcher(kinds) if phi is not None else ((), {}, 0)
+    skips = _normalise_ranges(n, pixel_range)
+    regions = _regions(n, skips)
     for a, b in regions:
-        if rx is not None:
+        for rx in rxs:
             for off, _, m, _ in _iter_hits(data, a, b, rx, longest):
                 kind = lookup.get(m.group(0))
                 if kind:
                     out.append(Finding(labeler(off), kind))
         if "ssn" in kinds:
-            for off, s, _, chunk in _iter_hits(data, a, b, _B_SSN_ANCHOR, 16):
-                if _B_SSN_SEP.match(chunk, max(0, s - 3)) and s >= 3:
-                    out.append(Finding(labeler(off - 3), "ssn"))
+            out.extend(Finding(labeler(off), "ssn") for off in _ssn_offsets(data, a, b))
         if "email" in kinds:
             for off, s, _, chunk in _iter_hits(data, a, b, _B_EMAIL_ANCHOR, 256):
                 if s > 0 and chunk[s - 1] in _EMAIL_LOCAL:
@@ -861,11 +1046,9 @@ def find_in_bytes(data: bytes | bytearray | memoryview | mmap.mmap, phi: PhiValu
         for a, b in labeler.loose_regions(n, regions):
             for off, _, _, _ in _iter_hits(data, a, b, _B_SSN_BARE, 16):
                 out.append(Finding(labeler(off), "ssn"))
-        if pixel_range and pixel_range[1] > pixel_range[0]:
-            a, b = max(0, pixel_range[0]), min(n, pixel_range[1])
-            for off, s, _, chunk in _iter_hits(data, a, b, _B_SSN_ANCHOR, 16):
-                if s >= 3 and _B_SSN_SEP.match(chunk, s - 3):
-                    out.append(Finding("(7FE0,0010) PixelData", "ssn"))
+        for a, b in skips:
+            if next(_ssn_offsets(data, a, b), None) is not None:
+                out.append(Finding(labeler(a) if spans else "(7FE0,0010) PixelData", "ssn"))
     return _dedupe(out)
 
 
@@ -874,12 +1057,13 @@ def find_in_bytes(data: bytes | bytearray | memoryview | mmap.mmap, phi: PhiValu
 # --------------------------------------------------------------------------------------------
 
 
-def _raw_offsets(ds: Dataset) -> tuple[list[tuple[int, str]], int | None, tuple[int, int] | None, frozenset[int]]:
-    """Element start offsets (for labels), where the well-formed dataset ends, and the pixel
-    value range, all from the parser's raw elements (values are not converted here)."""
+def _raw_offsets(ds: Dataset) -> tuple[list[tuple[int, str]], int | None, list[tuple[int, int]], frozenset[int]]:
+    """Element start offsets (for labels), where the well-formed dataset ends, the value ranges of
+    top-level sampled data (pixels, overlays), and the tags after the end, all from the parser's
+    raw elements (values are not converted here)."""
     spans: list[tuple[int, str]] = []
     dataset_end: int | None = None
-    pixel: tuple[int, int] | None = None
+    samples: list[tuple[int, int]] = []
     prev = -1
     explicit = not ds.is_implicit_VR if ds.is_implicit_VR is not None else True
     private_creators: set[tuple[int, int]] = set()
@@ -911,28 +1095,73 @@ def _raw_offsets(ds: Dataset) -> tuple[list[tuple[int, str]], int | None, tuple[
             break
         prev = tag
         spans.append((start, _tag_label(tag)))
-        if tag in _PIXEL_TAGS:
+        if _is_sample_tag(tag):
             length = getattr(raw, "length", 0)
             if length == 0xFFFFFFFF:
                 value = getattr(raw, "value", None)
                 length = len(value) if value is not None else 0
-            pixel = (tell, tell + length)
-    return spans, dataset_end, pixel, trailing
+            samples.append((tell, tell + length))
+    return spans, dataset_end, samples, trailing
+
+
+def _nested_pixel_values(ds: Dataset) -> list[tuple[str, bytes, int]]:
+    """(top-level label, first bytes) of pixel values nested in sequences (icons, overlays in
+    items): their offsets are relative to the enclosing sequence, so they are found by content."""
+    found: list[tuple[str, bytes, int]] = []
+
+    def walk(d: Dataset, top: str, depth: int) -> None:
+        if depth > 8:
+            return
+        for tag in list(d.keys()):
+            raw = d.get_item(tag)
+            if _is_sample_tag(tag) and depth > 0:
+                value = getattr(raw, "value", None)
+                if isinstance(value, (bytes, bytearray)) and len(value) >= 64:
+                    found.append((top, bytes(value[:64]), len(value)))
+                continue
+            if getattr(raw, "VR", None) == "SQ":
+                try:
+                    items = d[tag].value
+                except Exception:
+                    continue
+                for item in items or ():
+                    if isinstance(item, Dataset):
+                        walk(item, top or _tag_label(tag), depth + 1)
+
+    walk(ds, "", 0)
+    return found
+
+
+def _locate(buf, spans: list[tuple[int, str]], nested) -> list[tuple[int, int]]:
+    """Byte ranges of nested pixel values, searched inside their top-level element's span."""
+    out = []
+    starts = sorted(spans)
+    for label, head, length in nested:
+        for i, (s, lab) in enumerate(starts):
+            if lab == label:
+                e = starts[i + 1][0] if i + 1 < len(starts) else len(buf)
+                at = buf.find(head, s, e)
+                if at >= 0:
+                    out.append((at, at + length))
+                break
+    return out
 
 
 def verify_file(path: str | os.PathLike, phi: PhiValues | None, *, ignore_kinds: Iterable[str] = frozenset(),
-                pixel_range: tuple[int, int] | None = None) -> list[Finding]:
+                pixel_range: tuple[int, int] | list[tuple[int, int]] | None = None) -> list[Finding]:
     """Parse ``path`` with pydicom and search it, then search its raw bytes (fail closed).
 
-    ``pixel_range`` defaults to the pixel-data value range found by the parse; pass ``(0, 0)`` to
-    search pixel bytes too. A file pydicom cannot parse yields ``Finding("file", "unreadable")``
+    ``pixel_range`` defaults to the value ranges of sampled data found by the parse (pixel data,
+    overlay planes, waveforms, icons and other nested pixel data); pass ``(0, 0)`` to search
+    every byte. A file pydicom cannot parse yields ``Finding("file", "unreadable")``
     (it cannot be proven clean) plus whatever the byte search finds.
     """
     path = Path(path)
     findings: list[Finding] = []
     spans: list[tuple[int, str]] | None = None
     dataset_end: int | None = None
-    auto_pixel: tuple[int, int] | None = None
+    auto_pixel: list[tuple[int, int]] = []
+    nested_pixels: list[tuple[str, bytes, int]] = []
     # pydicom warnings can quote element values, and nothing of a value may reach a log: the
     # parse and the (lazy) element conversions run with warnings silenced.
     with warnings.catch_warnings():
@@ -942,6 +1171,7 @@ def verify_file(path: str | os.PathLike, phi: PhiValues | None, *, ignore_kinds:
             if len(ds) == 0:
                 raise ValueError("empty dataset")
             spans, dataset_end, auto_pixel, trailing = _raw_offsets(ds)
+            nested_pixels = _nested_pixel_values(ds)
             findings.extend(find_in_dataset(ds, phi, ignore_kinds=ignore_kinds, _trailing=trailing))
         except Exception as exc:  # any parse failure: unprovable, so a finding (type only, no text)
             log.debug("verify: parse failed (%s)", type(exc).__name__)
@@ -950,9 +1180,12 @@ def verify_file(path: str | os.PathLike, phi: PhiValues | None, *, ignore_kinds:
     size = path.stat().st_size
     if size:
         with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            if pixel_range is not None:
+                skips = pixel_range
+            else:
+                skips = list(auto_pixel) + _locate(mm, spans or [], nested_pixels)
             findings.extend(
-                find_in_bytes(mm, phi, ignore_kinds=ignore_kinds,
-                              pixel_range=pixel_range if pixel_range is not None else auto_pixel,
+                find_in_bytes(mm, phi, ignore_kinds=ignore_kinds, pixel_range=skips,
                               spans=spans, dataset_end=dataset_end)
             )
     return _dedupe(findings)

@@ -414,3 +414,32 @@ def test_age_cli_refuses_aes_file_cleanly(tmp_path):
     assert "panic" not in res.stderr and "goroutine" not in res.stderr
     assert res.stderr.strip()  # a message, not silence
     assert not out.exists() or out.read_bytes() == b""
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
+def test_keys_made_by_the_openssl_cli_work(tmp_path):
+    """Sites make their keys with openssl; its default PEM output must load as is."""
+    for name, args in (("rsa", ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:3072"]),
+                       ("ec", ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"])):
+        key = tmp_path / f"{name}.pem"
+        pub = tmp_path / f"{name}.pub"
+        subprocess.run(["openssl", "genpkey", *args, "-out", str(key)], check=True, capture_output=True)
+        subprocess.run(["openssl", "pkey", "-in", str(key), "-pubout", "-out", str(pub)], check=True,
+                       capture_output=True)
+        key.chmod(0o600)
+        blob = enc(b"from openssl keys", fips.parse_recipient_arg(str(pub)))
+        assert dec(blob, fips.load_identity_file(key), fips=True) == b"from openssl keys"
+
+
+def test_every_single_bit_flip_is_detected(p256_key):
+    """Exhaustive: flipping any one bit anywhere in a file (header, MAC, nonce, chunks) fails
+    with a CryptoError — it never yields plaintext."""
+    from dicomsafe.errors import CryptoError
+
+    blob = enc(b"sixteen byte msg", [fips.P256Recipient(p256_key.public_key())])
+    ident = [fips.P256Identity(p256_key)]
+    for pos in range(len(blob)):
+        for bit in (0x01, 0x80):
+            bad = blob[:pos] + bytes([blob[pos] ^ bit]) + blob[pos + 1 :]
+            with pytest.raises(CryptoError):
+                dec(bad, ident)

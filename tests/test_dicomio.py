@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import warnings
 import zlib
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
+    RLELossless,
     generate_uid,
 )
 
@@ -195,6 +196,7 @@ def test_polyglot_flagged_and_zeroed(tmp_path: Path, head: bytes, kind: str) -> 
     res = read_dicom(src)
     assert res.preamble_threat == kind
     assert res.preamble == bytes(raw[:128])
+    assert res.dataset.preamble == b"\x00" * 128  # a later save_as cannot resurrect it
     out = tmp_path / "out.dcm"
     write_dicom(res.dataset, out, pixel_ref=res.pixel_ref)
     data = out.read_bytes()
@@ -243,6 +245,17 @@ def test_read_header_has_no_pixels_and_stops_cheaply() -> None:
     assert "PixelData" not in ds
     assert ds.StudyInstanceUID
     assert "Rows" in ds
+
+
+def test_read_header_applies_the_same_walk(tmp_path: Path) -> None:
+    with pytest.raises(InputFileError) as ei:
+        read_header(tf("MR_truncated.dcm"))
+    assert ei.value.code == "truncated"
+    p = tmp_path / "deep.dcm"
+    p.write_bytes(part10(sop_body() + nested_sq(40)))
+    with pytest.raises(InputFileError) as ei:
+        read_header(p)
+    assert ei.value.code == "too-deep"
 
 
 def test_pixel_ref_points_at_the_pixel_value() -> None:
@@ -336,7 +349,9 @@ def _ensure_sop(ds: Dataset) -> None:
 def test_round_trip(tmp_path: Path, name: str) -> None:
     src = tf(name)
     before = sha256(src)
-    orig = pydicom.dcmread(src, force=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom complains about SC_rgb_jpeg.dcm's encoding
+        orig = pydicom.dcmread(src, force=True)
     res = read_dicom(src)
     _ensure_sop(res.dataset)
     out = tmp_path / "out.dcm"
@@ -411,10 +426,16 @@ def test_big_endian_kept_and_pixels_equal(tmp_path: Path) -> None:
     assert np.array_equal(back.pixel_array, pydicom.dcmread(src).pixel_array)
 
 
-def test_big_endian_to_little_endian_swaps_pixel_words(tmp_path: Path) -> None:
-    """If a later stage switches the transfer syntax to Explicit VR Little Endian, 16-bit pixel
-    words are byte-swapped while streaming (pydicom would not swap OW values itself)."""
-    src = tf("MR_small_bigendian.dcm")
+@pytest.mark.parametrize(
+    "name,twin",
+    [("MR_small_bigendian.dcm", "MR_small.dcm"), ("rtdose_expb.dcm", "rtdose.dcm"),
+     ("SC_rgb_small_odd_big_endian.dcm", "SC_rgb_small_odd.dcm")],
+)
+def test_big_endian_to_little_endian_swaps_samples(tmp_path: Path, name: str, twin: str) -> None:
+    """If a later stage switches the transfer syntax to Explicit VR Little Endian, native samples
+    are byte-swapped while streaming (16-bit MR, 32-bit dose, 8-bit RGB left alone); pydicom
+    would not swap OW values itself. The little endian twin file is the reference."""
+    src = tf(name)
     res = read_dicom(src)
     res.dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     out = tmp_path / "o.dcm"
@@ -422,6 +443,7 @@ def test_big_endian_to_little_endian_swaps_pixel_words(tmp_path: Path) -> None:
     back = pydicom.dcmread(out)
     assert back.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert np.array_equal(back.pixel_array, pydicom.dcmread(src).pixel_array)
+    assert np.array_equal(back.pixel_array, pydicom.dcmread(tf(twin)).pixel_array)
 
 
 def test_meta_from_source_is_not_copied(tmp_path: Path) -> None:
@@ -457,6 +479,36 @@ def test_write_error_is_output_error(tmp_path: Path) -> None:
         write_dicom(res.dataset, blocker / "sub" / "o.dcm", pixel_ref=res.pixel_ref)
 
 
+FSIZE_CHILD = textwrap.dedent(
+    """
+    import resource, signal, sys
+    from pathlib import Path
+    from dicomsafe import dicomio
+    from dicomsafe.errors import OutputError
+    res = dicomio.read_dicom(sys.argv[1])
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+    try:
+        dicomio.write_dicom(res.dataset, sys.argv[2], pixel_ref=res.pixel_ref)
+    except OutputError as exc:
+        print("OutputError", exc)
+    """
+)
+
+
+def test_write_failure_leaves_nothing(tmp_path: Path) -> None:
+    """A write that fails half-way (file size limit, like a full disk) raises OutputError and
+    leaves neither the final file nor a temporary one."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", FSIZE_CHILD, str(tf("CT_small.dcm")), str(out_dir / "o.dcm")],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("OutputError cannot write output file"), proc.stdout
+    assert list(out_dir.iterdir()) == []
+
+
 def test_missing_sop_uid_refused(tmp_path: Path) -> None:
     res = read_dicom(tf("CT_small.dcm"))
     del res.dataset.SOPInstanceUID
@@ -471,7 +523,9 @@ def test_missing_sop_uid_refused(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 VALIDATE = ["CT_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "MR_small_RLE.dcm",
-            "JPEG2000.dcm", "rtdose.dcm", "ExplVR_LitEndNoMeta.dcm", "SC_rgb_jpeg.dcm", "test-SR.dcm"]
+            "JPEG2000.dcm", "rtdose.dcm", "ExplVR_LitEndNoMeta.dcm", "SC_rgb_jpeg.dcm", "test-SR.dcm",
+            "SC_rgb_rle_2frame.dcm", "ExplVR_BigEnd.dcm", "image_dfl.dcm", "waveform_ecg.dcm", "rtplan.dcm",
+            "examples_overlay.dcm", "JPEG-lossy.dcm", "MR_small_jpeg_ls_lossless.dcm", "rtstruct.dcm"]
 
 
 @pytest.mark.skipif(shutil.which("dcmdump") is None, reason="dcmdump (dcmtk) not installed")
@@ -566,6 +620,58 @@ def test_item_overrunning_its_sequence(tmp_path: Path) -> None:
     assert _read_code(tmp_path, part10(body)) == "length-overflow"
 
 
+def test_swallowed_neighbour_is_caught(tmp_path: Path) -> None:
+    """A length grown to swallow the next element hides a name inside an innocent attribute,
+    where no tag-based rule would look: the binary bytes in the text value give it away."""
+    neighbour = el(0x0008, 0x0090, b"PN", b"DOE^JOHN")
+    inst = el(0x0008, 0x0080, b"LO", b"HOSP")
+    good = part10(sop_body() + inst + neighbour)
+    assert _read_code(tmp_path, good) == "ok"
+    swallowing = struct.pack("<HH2sH", 0x0008, 0x0080, b"LO", 4 + len(neighbour)) + b"HOSP" + neighbour
+    p = tmp_path / "s.dcm"
+    p.write_bytes(part10(sop_body() + swallowing))
+    with pytest.raises(InputFileError) as ei:
+        read_dicom(p)
+    assert ei.value.code == "malformed-text"
+    assert "DOE" not in str(ei.value)
+
+
+@pytest.mark.parametrize("value", [b"ACME\x00\x00", b"ACME  ", b"line1\r\nline2", b"\x1b$B\x1b(B"])
+def test_legitimate_text_bytes_pass(tmp_path: Path, value: bytes) -> None:
+    body = sop_body() + el(0x0008, 0x0080, b"LO", value + (b" " if len(value) % 2 else b""))
+    assert _read_code(tmp_path, part10(body)) == "ok"
+
+
+def test_repeated_or_unsorted_elements_refused(tmp_path: Path) -> None:
+    """pydicom keeps only the last of two equal tags; the first value would slip past every
+    check, so files that break the ascending-order rule are refused."""
+    name1 = el(0x0010, 0x0010, b"PN", b"DOE^JOHN")
+    name2 = el(0x0010, 0x0010, b"PN", b"ANON^X  ")
+    assert _read_code(tmp_path, part10(sop_body() + name1 + name2)) == "malformed"
+    later = el(0x0020, 0x000D, b"UI", b"1.2.3\x00")
+    assert _read_code(tmp_path, part10(sop_body() + later + name1)) == "malformed"
+    item = name1 + name2
+    seq = struct.pack("<HH2sHL", 0x0040, 0xA730, b"SQ", 0, len(item) + 8)
+    seq += struct.pack("<HHL", 0xFFFE, 0xE000, len(item)) + item
+    assert _read_code(tmp_path, part10(sop_body() + seq)) == "malformed"
+
+
+def test_public_sequence_sent_as_un_is_walked(tmp_path: Path) -> None:
+    """pydicom re-types an explicit UN ContentSequence as SQ and parses it (implicit VR inside),
+    so the walk validates it too."""
+    inner = struct.pack("<HHL", 0x0010, 0x0010, 8) + b"DOE^JOHN"  # implicit VR LE
+    good_item = struct.pack("<HHL", 0xFFFE, 0xE000, len(inner)) + inner
+    bad_item = struct.pack("<HHL", 0xFFFE, 0xE000, len(inner) + 100) + inner
+    for item, code in ((good_item, "ok"), (bad_item, "length-overflow")):
+        un = struct.pack("<HH2sHL", 0x0040, 0xA730, b"UN", 0, len(item)) + item
+        tail = el(0x0042, 0x0010, b"ST", b"T" * 200)  # DocumentTitle: room for the overrun
+        assert _read_code(tmp_path, part10(sop_body() + un + tail)) == code
+    p = tmp_path / "h.dcm"
+    un = struct.pack("<HH2sHL", 0x0040, 0xA730, b"UN", 0, len(good_item)) + good_item
+    p.write_bytes(part10(sop_body() + un))
+    assert read_dicom(p).dataset.ContentSequence[0].PatientName == "DOE^JOHN"
+
+
 def test_non_item_inside_sequence(tmp_path: Path) -> None:
     junk = el(0x0010, 0x0010, b"PN", PHI.encode())
     seq = struct.pack("<HH2sHL", 0x0040, 0xA730, b"SQ", 0, len(junk)) + junk
@@ -591,7 +697,34 @@ def test_deflate_bomb_is_bounded(tmp_path: Path) -> None:
 def test_truncated_pixel_data(tmp_path: Path) -> None:
     raw = tf("CT_small.dcm").read_bytes()
     assert _read_code(tmp_path, raw[:-1000]) == "truncated"
+    pixel_start = read_dicom(tf("CT_small.dcm")).pixel_ref.value_offset
+    assert _read_code(tmp_path, raw[: pixel_start + 100]) == "truncated"  # most of the value gone
     assert _read_code(tmp_path, raw + b"\x01\x02\x03") == "truncated"
+
+
+def test_pydicom_log_records_are_redacted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """pydicom logs "Invalid value for VR UI: '<value>'"; no such value may reach our logs."""
+    ds = pydicom.dcmread(tf("CT_small.dcm"))
+    p = tmp_path / "bad.dcm"
+    with pytest.warns(UserWarning):
+        ds.add_new(0x00081150, "UI", "1.2.PLANTEDVALUE")  # not a valid UID: pydicom complains
+        ds.save_as(p)
+    caplog.clear()
+    with caplog.at_level("DEBUG"):
+        res = read_dicom(p)
+        write_dicom(res.dataset, tmp_path / "o.dcm", pixel_ref=res.pixel_ref)
+    assert any(r.name == "pydicom" for r in caplog.records)  # pydicom did log ...
+    assert "PLANTEDVALUE" not in caplog.text  # ... but not the value
+
+
+def test_private_transfer_syntax_refused(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(tf("CT_small.dcm"))
+    ds.file_meta.TransferSyntaxUID = "1.2.840.113619.5.2"  # a vendor-private syntax
+    p = tmp_path / "priv.dcm"
+    ds.save_as(p)
+    with pytest.raises(InputFileError) as ei:
+        read_dicom(p)
+    assert ei.value.code == "unsupported-transfer-syntax"
 
 
 def test_not_dicom_and_empty(tmp_path: Path) -> None:
@@ -669,6 +802,7 @@ def test_seeded_mutants_never_crash_and_never_leak(tmp_path: Path) -> None:
         assert again.preamble == b"\0" * 128
         out.unlink()
         src.unlink()
+    assert set(codes) - {"ok"} <= set(dicomio.READ_ERROR_CODES) | {"no-sop-uid"}
     assert codes.get("ok", 0) > 20  # many mutants stay readable ...
     assert sum(v for k, v in codes.items() if k != "ok") > 50  # ... and many are caught
 
@@ -691,9 +825,12 @@ def test_arbitrary_bytes_never_raise_anything_else(tmp_path: Path, data: bytes) 
 # --------------------------------------------------------------------------------------------
 
 
-def build_large_multiframe(path: Path, frames: int, rows: int = 512, cols: int = 512) -> str:
-    """Write a native 16-bit multi-frame file of ``frames`` frames without holding the pixels;
-    return the SHA-256 of the pixel bytes."""
+def build_large_multiframe(
+    path: Path, frames: int, rows: int = 512, cols: int = 512, *, encapsulated: bool = False
+) -> str:
+    """Write a 16-bit multi-frame file of ``frames`` frames without holding the pixels; return
+    the SHA-256 of the Pixel Data value (for encapsulated data: every item and the delimiter).
+    Encapsulated frames are not real RLE streams: the writer copies bytes and never decodes."""
     ds = Dataset()
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7.3"
     ds.SOPInstanceUID = generate_uid()
@@ -707,18 +844,30 @@ def build_large_multiframe(path: Path, frames: int, rows: int = 512, cols: int =
     ds.Rows, ds.Columns = rows, cols
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.TransferSyntaxUID = RLELossless if encapsulated else ExplicitVRLittleEndian
     frame_len = rows * cols * 2
     length = frame_len * frames
     h = hashlib.sha256()
     base = np.arange(rows * cols, dtype=np.uint16)
+
+    def put(fh, data: bytes) -> None:
+        h.update(data)
+        fh.write(data)
+
     with open(path, "wb") as fh:
         pydicom.dcmwrite(fh, ds, enforce_file_format=True)
-        fh.write(struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OW", 0, length))
+        if encapsulated:
+            fh.write(struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF))
+            put(fh, struct.pack("<HHL", 0xFFFE, 0xE000, 0))  # empty Basic Offset Table
+        else:
+            fh.write(struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OW", 0, length))
         for f in range(frames):
             frame = (base + f * 7).astype("<u2").tobytes()
-            h.update(frame)
-            fh.write(frame)
+            if encapsulated:
+                put(fh, struct.pack("<HHL", 0xFFFE, 0xE000, len(frame)))
+            put(fh, frame)
+        if encapsulated:
+            put(fh, struct.pack("<HHL", 0xFFFE, 0xE0DD, 0))
     return h.hexdigest()
 
 
@@ -741,7 +890,8 @@ CHILD = textwrap.dedent(
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc for VmHWM")
-def test_large_multiframe_streams_with_bounded_rss(tmp_path: Path) -> None:
+@pytest.mark.parametrize("encapsulated", [False, True], ids=["native", "encapsulated"])
+def test_large_multiframe_streams_with_bounded_rss(tmp_path: Path, encapsulated: bool) -> None:
     """Round-trip a 300 MiB multi-frame file in a fresh process; its peak RSS stays < 150 MiB.
 
     The peak is the child's own VmHWM (high-water mark of its address space, reset by exec).
@@ -749,7 +899,7 @@ def test_large_multiframe_streams_with_bounded_rss(tmp_path: Path) -> None:
     (this pytest process) across exec into the child's maxrss, which measures the wrong thing.
     """
     src = tmp_path / "big.dcm"
-    digest = build_large_multiframe(src, frames=600)  # 300 MiB of pixels
+    digest = build_large_multiframe(src, frames=600, encapsulated=encapsulated)  # 300 MiB
     assert src.stat().st_size > 300 << 20
     out = tmp_path / "out.dcm"
     log = tmp_path / "child.out"

@@ -67,13 +67,13 @@ def test_single_planted_ssn_exits_1(trees):
     ds = pydicom.dcmread(target)
     ds.ImageComments = "history reviewed, SSN 219-09-9999"
     ds.save_as(target, enforce_file_format=False)
-    for extra in ([], ["--against", str(src)]):
+    for extra, name in (([], "#2"), (["--show-paths"], "p001/1.dcm"), (["--against", str(src)], "p001/1.dcm")):
         res = _run(str(dst), "--format", "json", *extra)
         assert res.exit_code == 1
         report = json.loads(res.output)
         assert report["files_with_findings"] == 1
         assert report["files"] == [
-            {"file": "p001/1.dcm", "findings": [{"path": "(0020,4000) ImageComments", "kind": "ssn"}]}
+            {"file": name, "findings": [{"path": "(0020,4000) ImageComments", "kind": "ssn"}]}
         ]
         assert "219-09-9999" not in res.output and "9999" not in res.output
 
@@ -129,3 +129,34 @@ def test_module_entry_point_and_no_progress_bar_off_tty(trees):
     proc = subprocess.run([sys.executable, "-m", "dicomsafe", "--quiet", "scan", str(dst / "p000" / "1.dcm")],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0 and "1 file(s) scanned" in proc.stdout
+
+
+def test_binary_non_dicom_files_need_longer_values(trees):
+    """A JPEG or zip next to the images is searched for long values only: a 3-letter token in
+    compressed bytes is chance, a full name is a leak."""
+    src, dst = trees
+    (dst / "thumb.bin").write_bytes(b"\x00\xff" * 50 + b" Q " + b"\x00\x01" * 50 + b" Roe " + b"\x00" * 10)
+    assert _run(str(dst), "--against", str(src)).exit_code == 0
+    (dst / "thumb.bin").write_bytes(b"\x00\xff" * 50 + b" SMITH^JOHN " + b"\x00" * 10)
+    res = _run(str(dst), "--against", str(src), "--format", "json")
+    assert res.exit_code == 1
+    assert json.loads(res.output)["files"][0]["file"] == "thumb.bin"
+
+
+def test_pattern_mode_hides_paths_that_hold_the_files_own_name(trees):
+    src, dst = trees
+    case = src / "case0"
+    named = src / "SMITH^JOHN_4455667"
+    case.rename(named)
+    res = _run(str(src), "--show-paths")
+    assert res.exit_code == 1
+    assert "smith" not in res.output.lower()
+    assert "file-path: patient-name" in res.output
+    # dicomsafe output: the pseudonym is both PatientName and the first path component
+    out = dst / "K7QZXWBN"
+    (dst / "p000").rename(out)
+    ds = pydicom.dcmread(out / "1.dcm")
+    ds.PatientName = ds.PatientID = "K7QZXWBN"
+    ds.save_as(out / "1.dcm", enforce_file_format=False)
+    res = _run(str(dst))
+    assert res.exit_code == 0, res.output

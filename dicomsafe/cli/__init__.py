@@ -98,6 +98,22 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     ctx.ensure_object(dict)
     ctx.obj["quiet"] = quiet
     _setup_logging(verbose, quiet)
+    _sigterm_as_interrupt()
+
+
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM (systemd stop, kill) takes the same clean path as Ctrl-C: the run stops between
+    files, removes its staging area, writes its report and exits 130, resumable."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _register() -> None:

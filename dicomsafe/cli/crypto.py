@@ -18,7 +18,7 @@ from typing import IO, Sequence
 import click
 
 from .. import crypto
-from ..errors import ConfigError, OutputError
+from ..errors import ConfigError, NoIdentityMatchedError, OutputError
 from ..fsutil import write_secret_file
 from . import main
 
@@ -58,6 +58,11 @@ class PassphraseSource:
         self._fd = fd
         self._confirm = confirm
         self._value: bytes | None = None
+
+    @property
+    def asked(self) -> bool:
+        """Whether a passphrase was needed (and read)."""
+        return self._value is not None
 
     def get(self) -> bytes:
         if self._value is None:
@@ -294,7 +299,17 @@ def decrypt(identity, passphrase_fd, output, fips, input) -> None:
     Passphrase-encrypted files prompt for the passphrase.
     """
     identities = _identities(identity)
-    identities.append(LazyPassphraseIdentity(PassphraseSource(passphrase_fd, confirm=False), fips=fips))
+    source = PassphraseSource(passphrase_fd, confirm=False)
+    identities.append(LazyPassphraseIdentity(source, fips=fips))
+    try:
+        _decrypt(input, output, identities, fips)
+    except NoIdentityMatchedError:
+        if not identity and not source.asked:
+            raise ConfigError("the file is not passphrase-encrypted: give its identity with -i") from None
+        raise
+
+
+def _decrypt(input: str | None, output: str | None, identities: list, fips: bool) -> None:
     if input not in (None, "-") and not _to_stdout(output):
         crypto.decrypt_file(input, output, identities, fips=fips)
         return

@@ -38,9 +38,12 @@ def profile_from_options(profile: str, options: tuple[str, ...]):
 @click.option("--quarantine", type=click.Path(path_type=Path),
               help="Where files that cannot be proven clean go (default ./dicomsafe-quarantine).")
 @click.option("--report", type=click.Path(path_type=Path), help="Report path (default DST/.dicomsafe/report.json).")
+@click.option("--review", type=click.Path(path_type=Path),
+              help="Write an HTML before/after page of masked images here (operator side: it shows PHI).")
 @click.pass_context
 def deidentify(ctx: click.Context, src: Path, dst: Path, profile: str, options: tuple[str, ...],
-               secret_file: str | None, quarantine: Path | None, report: Path | None) -> None:
+               secret_file: str | None, quarantine: Path | None, report: Path | None,
+               review: Path | None) -> None:
     """De-identify every DICOM file under SRC into DST.
 
     Output paths are built from pseudonyms only: DST/<patient>/<study>/<series>/<instance>.dcm.
@@ -52,7 +55,7 @@ def deidentify(ctx: click.Context, src: Path, dst: Path, profile: str, options: 
     secret = secret_from_options(secret_file)
     quiet = bool(ctx.obj.get("quiet")) if ctx.obj else False
     settings = RunSettings(src=src, dst=dst, profile=prof, secret=secret, quarantine=quarantine,
-                           report=report, quiet=quiet)
+                           report=report, quiet=quiet, review=review)
     rep = deidentify_tree(settings)
     if not quiet:
         click.echo(f"dicomsafe: {rep.summary()}", err=True)

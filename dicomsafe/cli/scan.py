@@ -14,8 +14,8 @@ file or a tree. Exit 1 when anything is found, 0 when clean, 2 on a missing path
   kinds are narrowed (see PhiValues.for_tree_scan).
 
 Non-DICOM files under PATH are byte-scanned too: a leaked notes.txt is still a leak. Findings
-name the file (its relative path, or ``#N`` when the path itself holds PHI), the attribute path
-and the kind — never a value.
+name the file (its relative path, or its position ``#N`` when the path may itself be PHI), the
+attribute path and the kind — never a value.
 """
 
 from __future__ import annotations
@@ -81,13 +81,30 @@ def harvest_tree(src: Path) -> tuple[PhiValues, int, int]:
     return PhiValues.union(parts).for_tree_scan(), len(parts), bad
 
 
-def scan_file(path: Path, phi: PhiValues | None, ignore: frozenset[str]) -> list[Finding]:
-    """Findings for one file: parse + bytes for DICOM, bytes only for anything else."""
+#: Opaque binary files (images, archives, PDFs) are searched for values of at least this length
+#: only: a pooled harvest holds thousands of short names that random bytes spell by chance.
+BINARY_MIN_LENGTH = 6
+
+
+def looks_like_text(path: Path) -> bool:
+    """No NUL byte in the first 8 KiB: the usual text/binary test (git, grep)."""
+    with open(path, "rb") as fh:
+        return b"\0" not in fh.read(8192)
+
+
+def scan_file(path: Path, phi: PhiValues | None, ignore: frozenset[str],
+              binary_phi: PhiValues | None = None) -> list[Finding]:
+    """Findings for one file: parse + bytes for DICOM, bytes only for anything else.
+
+    ``binary_phi`` is ``phi.with_min_length(BINARY_MIN_LENGTH)``, passed in so a whole tree
+    compiles it once."""
     try:
         if is_dicom_file(path):
             return verify_file(path, phi, ignore_kinds=ignore)
         if path.stat().st_size == 0:
             return []
+        if phi is not None and not looks_like_text(path):
+            phi = binary_phi if binary_phi is not None else phi.with_min_length(BINARY_MIN_LENGTH)
         with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             return find_in_bytes(mm, phi, ignore_kinds=ignore)
     except OSError:
@@ -99,15 +116,31 @@ def path_findings(rel: str, phi: PhiValues | None, ignore: frozenset[str]) -> li
     kinds = set(ALL_KINDS - ignore)
     out: list[Finding] = []
     if phi is not None:
-        rx, lookup = phi.str_matcher(frozenset(kinds - {"date"}), 3)
-        if rx is not None:
-            out.extend(Finding("file-path", lookup[m.group(0).lower()]) for m in rx.finditer(rel)
-                       if m.group(0).lower() in lookup)
+        rxs, lookup = phi.str_matcher(frozenset(kinds - {"date"}), 3)
+        for rx in rxs:
+            out.extend(Finding("file-path", lookup.get(m.group(0).casefold(), "other")) for m in rx.finditer(rel))
     if "ssn" in kinds and ssn_spans(rel, bare=False):
         out.append(Finding("file-path", "ssn"))
     if "email" in kinds and email_spans(rel):
         out.append(Finding("file-path", "email"))
     return list(dict.fromkeys(out))
+
+
+def own_names(path: Path) -> PhiValues | None:
+    """The names (and birth date) a DICOM file carries itself, to judge its *path* in pattern
+    mode: an identified tree is often laid out as ``SMITH^JOHN_12345/…``. Values equal to the
+    file's own ids are dropped: in dicomsafe output the pseudonym is both the PatientName and the
+    first path component, and that is by design."""
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            phi = harvest(pydicom.dcmread(path, stop_before_pixels=True))
+    except Exception:
+        return None
+    ids = phi.ids | phi.uids
+    return PhiValues(names=phi.names - ids, patient_names=phi.patient_names - ids, dates=phi.dates)
 
 
 @main.command("scan")
@@ -118,9 +151,18 @@ def path_findings(rel: str, phi: PhiValues | None, ignore: frozenset[str]) -> li
               help="Report format (both PHI-free: attribute paths and kinds, never values).")
 @click.option("--ignore-kind", "ignore", multiple=True, type=click.Choice(sorted(ALL_KINDS)),
               help="Finding kind a profile keeps on purpose (e.g. uid with retain-uids). Repeatable.")
+@click.option("--show-paths", is_flag=True,
+              help="Without --against, name files by relative path instead of position (#N); paths "
+                   "of an identified tree are often PHI themselves.")
 @click.pass_context
-def scan(ctx: click.Context, path: Path, against: Path | None, fmt: str, ignore: tuple[str, ...]) -> None:
-    """Report residual PHI in PATH (a file or a tree). Exit 1 on findings, 0 when clean."""
+def scan(ctx: click.Context, path: Path, against: Path | None, fmt: str, ignore: tuple[str, ...],
+         show_paths: bool) -> None:
+    """Report residual PHI in PATH (a file or a tree). Exit 1 on findings, 0 when clean.
+
+    Files are numbered in a stable order (sorted walk, symlinks not followed). With --against,
+    a file is named by its relative path unless the path holds a harvested value; without it,
+    by its number (#N) unless --show-paths.
+    """
     # Messages never echo the paths: a source path can itself be PHI.
     if not path.exists():
         raise ConfigError("scan: PATH does not exist")
@@ -137,6 +179,7 @@ def scan(ctx: click.Context, path: Path, against: Path | None, fmt: str, ignore:
         if n_src == 0:
             raise ConfigError("scan: --against SRC holds no readable DICOM file")
 
+    binary_phi = phi.with_min_length(BINARY_MIN_LENGTH) if phi is not None else None
     files = list(iter_files(path))
     base = path if path.is_dir() else path.parent
     show_bar = not quiet and sys.stderr.isatty()
@@ -147,9 +190,12 @@ def scan(ctx: click.Context, path: Path, against: Path | None, fmt: str, ignore:
     with tqdm(total=len(files), unit="file", disable=not show_bar, desc="scan", leave=False) as bar:
         for index, p in enumerate(files, 1):
             rel = p.relative_to(base).as_posix()
-            findings = path_findings(rel, phi, ignored) + scan_file(p, phi, ignored)
+            own = own_names(p) if phi is None and is_dicom_file(p) else None
+            findings = path_findings(rel, phi if phi is not None else own, ignored)
+            findings += scan_file(p, phi, ignored, binary_phi)
             if findings:
-                label = f"#{index}" if any(f.path == "file-path" for f in findings) else rel
+                hide = any(f.path == "file-path" for f in findings) or (phi is None and not show_paths)
+                label = f"#{index}" if hide else rel
                 results.append({"file": label, "findings": [{"path": f.path, "kind": f.kind} for f in findings]})
                 total += len(findings)
             bar.update(1)

@@ -19,7 +19,15 @@ import os
 from pathlib import Path
 from typing import IO, Iterable, Sequence
 
-from ..errors import ConfigError, CryptoError, FormatError, OutputError, SecretFileError
+from ..errors import (
+    ConfigError,
+    CryptoError,
+    FormatError,
+    IntegrityError,
+    NoIdentityMatchedError,
+    OutputError,
+    SecretFileError,
+)
 from ..fsutil import atomic_writer, read_secret_file
 from . import armor as _armor
 from . import envelope, stream
@@ -38,6 +46,10 @@ __all__ = [
     "load_recipients_file",
     "load_identities",
     "detect_format",
+    "CryptoError",
+    "FormatError",
+    "IntegrityError",
+    "NoIdentityMatchedError",
 ]
 
 _DETECT_BYTES = 1024
@@ -171,10 +183,25 @@ def _armor_labels() -> list[str]:
     return labels
 
 
+def _seekable(reader: IO[bytes]) -> bool:
+    try:
+        return bool(reader.seekable())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
 def _input(reader: IO[bytes]) -> IO[bytes]:
     """Buffer ``reader`` and transparently remove ASCII armor if present."""
-    prefix = stream.read_full(reader, _DETECT_BYTES)
-    buffered = io.BufferedReader(_Prefixed(prefix, reader), 1 << 17)
+    buffered: IO[bytes]
+    if _seekable(reader):
+        # Files: peek by seeking back, so payload reads go straight to the file object.
+        start = reader.tell()
+        prefix = stream.read_full(reader, _DETECT_BYTES)
+        reader.seek(start)
+        buffered = reader if hasattr(reader, "readline") else io.BufferedReader(reader)  # type: ignore[arg-type]
+    else:
+        prefix = stream.read_full(reader, _DETECT_BYTES)
+        buffered = io.BufferedReader(_Prefixed(prefix, reader), 1 << 17)
     if _armor.looks_armored(prefix):
         return io.BufferedReader(_armor.ArmorReader(buffered, _armor_labels()), 1 << 17)
     return buffered
@@ -243,6 +270,16 @@ def detect_format(reader: IO[bytes]) -> str:
 # --- files ----------------------------------------------------------------------------------
 
 
+def _refuse_same_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Writing the output over the input would destroy the input (inputs are never modified)."""
+    try:
+        same = os.path.samefile(src, dst)
+    except OSError:
+        return
+    if same:
+        raise ConfigError("the output file is the input file")
+
+
 def _open_input(path: str | os.PathLike[str]) -> IO[bytes]:
     try:
         return open(path, "rb")
@@ -262,6 +299,7 @@ def encrypt_file(
     fips: bool = False,
 ) -> int:
     """Encrypt file ``src`` to ``dst`` atomically (``dst`` appears only when complete)."""
+    _refuse_same_file(src, dst)
     with _open_input(src) as fin:
         try:
             with atomic_writer(dst, 0o644) as fout:
@@ -280,6 +318,7 @@ def decrypt_file(
     """Decrypt ``src`` to ``dst``: plaintext goes to a temporary file (mode 0600: it may hold PHI)
     that is renamed to ``dst`` only after the final chunk authenticated. On any failure nothing
     is left at ``dst``."""
+    _refuse_same_file(src, dst)
     with _open_input(src) as fin:
         try:
             with atomic_writer(dst, 0o600) as fout:

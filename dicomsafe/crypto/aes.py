@@ -115,8 +115,8 @@ def read_header(reader: IO[bytes], *, fips: bool = False) -> Header:
     if version != VERSION_LINE:
         if fips and version in envelope.VERSION_LINES:
             raise FipsPolicyError(
-                f"FIPS mode: refusing a {envelope.VERSION_LINES[version]} file "
-                "(its payload cipher is not FIPS-approved)"
+                f"FIPS mode: refusing this {envelope.VERSION_LINES[version]}-format file "
+                "(its algorithms are not FIPS-approved; only dicomsafe.aes/v1 is allowed)"
             )
         raise HeaderError(f"not a {VERSION_LINE} file (unknown version line)")
     return parse_rest(version, reader, consumed)

@@ -13,7 +13,6 @@ X.509 certificates and PEM private keys (:func:`load_recipients_file`, :func:`lo
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import re
 from pathlib import Path
@@ -29,8 +28,6 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 from ..errors import ConfigError
 from ..fsutil import read_secret_file
 from .header import HeaderError, Stanza, b64decode, b64encode, hkdf_sha256
-
-log = logging.getLogger(__name__)
 
 RSA_TYPE = "rsa-oaep-sha256"
 P256_TYPE = "p256"

@@ -40,6 +40,7 @@ PAYLOAD_NONCE_SIZE = 16
 BYTES_PER_LINE = 48
 #: Bounds that keep a hostile header from eating memory.
 MAX_LINE = 1 << 20
+MAX_HEADER = 16 << 20
 MAX_STANZAS = 4096
 
 _ARG_RE = re.compile(rb"[\x21-\x7e]+")
@@ -133,7 +134,7 @@ def encode_stanza(stanza: Stanza) -> bytes:
     """Encode one stanza: arguments line, then the body wrapped at 64 columns."""
     parts = [stanza.type, *stanza.args]
     for part in parts:
-        if not _ARG_RE.fullmatch(part.encode("ascii", "replace")):
+        if not part.isascii() or not _ARG_RE.fullmatch(part.encode("ascii")):
             raise ValueError("stanza arguments must be non-empty printable ASCII")
     lines = ["-> " + " ".join(parts)]
     body = b64encode(stanza.body)
@@ -186,6 +187,8 @@ def verify_mac(header: Header, file_key: bytes) -> None:
 def _readline(reader: IO[bytes], consumed: list[bytes]) -> bytes:
     line = reader.readline(MAX_LINE)
     consumed.append(line)
+    if len(consumed) % 1024 == 0 and sum(map(len, consumed)) > MAX_HEADER:
+        raise HeaderError("header too large")
     if not line.endswith(b"\n"):
         if len(line) >= MAX_LINE:
             raise HeaderError("header line too long")

@@ -64,6 +64,10 @@ def rekey_file(
     with open(target, "rb") as fh:
         prefix = stream.read_full(fh, 1024)
         if _armor.looks_armored(prefix):
+            if fips:
+                from .fips import FipsPolicyError
+
+                raise FipsPolicyError("FIPS mode: refusing an ASCII-armored file (only the aes format is allowed)")
             return _rekey_armored(target, identities, recipients)
         fh.seek(0)
         reader = io.BufferedReader(fh, 1 << 16)  # type: ignore[arg-type]
@@ -92,25 +96,28 @@ def rekey_file(
 
 
 def _rewrite_in_place(target: Path, backup: Path, old_header: bytes, new_header: bytes) -> None:
-    write_secret_file(backup, old_header)
     try:
-        fd = os.open(backup, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         fd = os.open(target, os.O_WRONLY)
+    except OSError as exc:  # nothing changed yet
+        raise OutputError(f"cannot open the file for rewriting its header ({exc.strerror})") from None
+    try:
+        write_secret_file(backup, old_header)
+        bfd = os.open(backup, os.O_RDONLY)
+        try:
+            os.fsync(bfd)
+        finally:
+            os.close(bfd)
         try:
             if os.pwrite(fd, new_header, 0) != len(new_header):
                 raise OSError(5, "short write")
             os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise OutputError(
-            f"cannot rewrite the file header ({exc.strerror}); the old header is kept in the "
-            ".rekey-backup side file"
-        ) from None
+        except OSError as exc:
+            raise OutputError(
+                f"cannot rewrite the file header ({exc.strerror}); the old header is kept in the "
+                ".rekey-backup side file"
+            ) from None
+    finally:
+        os.close(fd)
     backup.unlink()
 
 

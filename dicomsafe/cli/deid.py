@@ -46,11 +46,12 @@ def profile_from_options(profile: str, options: tuple[str, ...]):
 @click.option("--scheduler", metavar="ADDR", help="Dask scheduler address (with --executor dask).")
 @click.option("--resume", is_flag=True, help="Skip studies a previous (interrupted) run finished.")
 @click.option("--audit-log", type=click.Path(path_type=Path), help="Audit log (default DST/.dicomsafe/audit.jsonl).")
+@click.option("--quiet", "-q", "quiet_flag", is_flag=True, help="No progress bar and no summary line.")
 @click.pass_context
 def deidentify(ctx: click.Context, src: Path, dst: Path, profile: str, options: tuple[str, ...],
                secret_file: str | None, quarantine: Path | None, report: Path | None,
                review: Path | None, jobs: int | None, executor: str, scheduler: str | None,
-               resume: bool, audit_log: Path | None) -> None:
+               resume: bool, audit_log: Path | None, quiet_flag: bool) -> None:
     """De-identify every DICOM file under SRC into DST.
 
     Output paths are built from pseudonyms only: DST/<patient>/<study>/<series>/<instance>.dcm.
@@ -62,7 +63,7 @@ def deidentify(ctx: click.Context, src: Path, dst: Path, profile: str, options: 
 
     prof = profile_from_options(profile, options)
     secret = secret_from_options(secret_file)
-    quiet = bool(ctx.obj.get("quiet")) if ctx.obj else False
+    quiet = quiet_flag or (bool(ctx.obj.get("quiet")) if ctx.obj else False)
     settings = RunSettings(src=src, dst=dst, profile=prof, secret=secret, quarantine=quarantine,
                            report=report, quiet=quiet, review=review)
     given = [max(p.opts, key=len) for p in ctx.command.params if isinstance(p, click.Option)

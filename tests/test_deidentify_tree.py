@@ -77,7 +77,7 @@ def test_every_output_readable_pixels_kept(run, corpus):
     keys = {s: hashlib.sha256(bytes(dcmread(s, force=True).PixelData)).digest()
             for s in written if "PixelData" in dcmread(s, force=True)}
     unique = [s for s, k in keys.items() if list(keys.values()).count(k) == 1]
-    assert len(unique) > 20 and all(matched[s] is not None for s in unique)
+    assert len(unique) > 10 and all(matched[s] is not None for s in unique)
     # an image reused for two patients has two outputs with its (unchanged) pixels
     outs_by_key = {}
     for p in outputs(run["dst"]):

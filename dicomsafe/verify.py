@@ -829,7 +829,7 @@ def find_in_dataset(ds: Dataset, phi: PhiValues | None, *, ignore_kinds: Iterabl
         for tag in list(d.keys()):
             if _is_sample_tag(tag):
                 continue
-            raw = d.get_item(tag)
+            raw = d.get_item(tag, keep_deferred=True)
             if getattr(raw, "value", b"") is None and getattr(raw, "VR", None) in _BIG_BINARY_VRS:
                 continue  # a deferred binary blob (> 2 MB): the byte layer searches it in place
             tag, elem, converted = _convert(d, tag)
@@ -1003,6 +1003,22 @@ def _ssn_offsets(buf, a: int, b: int) -> Iterator[int]:
                 yield s
 
 
+def _ssn_in_samples(data, a: int, b: int) -> bool:
+    """The dashed/spaced SSN pass over a pixel value, chunk by chunk. On an mmap each scanned
+    chunk's pages are dropped again (MADV_DONTNEED), so a 2 GB file does not leave 2 GB resident."""
+    step = 8 * _CHUNK
+    pos = a
+    while pos < b:
+        end = min(b, pos + step)
+        if next(_ssn_offsets(data, pos, min(b, end + 16)), None) is not None:
+            return True
+        if isinstance(data, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+            lo = pos - pos % mmap.PAGESIZE
+            data.madvise(mmap.MADV_DONTNEED, lo, end - lo)
+        pos = end
+    return False
+
+
 def find_in_bytes(data: bytes | bytearray | memoryview | mmap.mmap, phi: PhiValues | None, *,
                   ignore_kinds: Iterable[str] = frozenset(),
                   pixel_range: tuple[int, int] | list[tuple[int, int]] | None = None,
@@ -1047,7 +1063,7 @@ def find_in_bytes(data: bytes | bytearray | memoryview | mmap.mmap, phi: PhiValu
             for off, _, _, _ in _iter_hits(data, a, b, _B_SSN_BARE, 16):
                 out.append(Finding(labeler(off), "ssn"))
         for a, b in skips:
-            if next(_ssn_offsets(data, a, b), None) is not None:
+            if _ssn_in_samples(data, a, b):
                 out.append(Finding(labeler(a) if spans else "(7FE0,0010) PixelData", "ssn"))
     return _dedupe(out)
 
@@ -1069,7 +1085,7 @@ def _raw_offsets(ds: Dataset) -> tuple[list[tuple[int, str]], int | None, list[t
     private_creators: set[tuple[int, int]] = set()
     trailing: frozenset[int] = frozenset()
     for tag in list(ds.keys()):
-        raw = ds.get_item(tag)
+        raw = ds.get_item(tag, keep_deferred=True)  # never load a deferred (pixel) value
         vr = getattr(raw, "VR", None)
         hdr = 8 if not explicit else (12 if (vr or "").encode() in _LONG_HDR_VRS else 8)
         tell = getattr(raw, "value_tell", None)
@@ -1113,7 +1129,7 @@ def _nested_pixel_values(ds: Dataset) -> list[tuple[str, bytes, int]]:
         if depth > 8:
             return
         for tag in list(d.keys()):
-            raw = d.get_item(tag)
+            raw = d.get_item(tag, keep_deferred=True)
             if _is_sample_tag(tag) and depth > 0:
                 value = getattr(raw, "value", None)
                 if isinstance(value, (bytes, bytearray)) and len(value) >= 64:

@@ -321,41 +321,52 @@ class PhiValues:
 
         Minimum lengths guard against chance hits in binary data: names ≥ 3 bytes, other values
         ≥ 4 bytes, patterns without word boundaries (non-ASCII encodings) ≥ 4 bytes. UIDs get a
-        regex of their own, as in :meth:`str_matcher`.
+        regex of their own, as in :meth:`str_matcher`; the rest is the same for every file of a
+        patient, so it is built once per value set (:func:`_bytes_part`), not once per file.
         """
         kinds = frozenset(kinds)
         key = ("bytes", kinds)
         got = self._cache.get(key)
         if got is None:
-            lookup: dict[bytes, str] = {}
-            groups = {False: (set(), set()), True: (set(), set())}  # is_uid -> (bounded, free)
-            encodings = _byte_encodings(self.encodings)
-            for v, kind in self._select(kinds, 2).items():
-                is_name = kind in _NAME_KINDS
-                bounded, free = groups[kind == "uid"]
-                for variant in {v, v.upper(), v.title(), v.capitalize()}:
-                    for enc in encodings:
-                        b = _encode_for_search(variant, enc)
-                        if b is None:
-                            continue
-                        b = b.lower()
-                        if b.isascii() and not _t.is_unbounded(v):
-                            if len(b) < (3 if is_name else 4):
-                                continue
-                            bounded.add(b)
-                        else:
-                            if len(b) < 4:
-                                continue
-                            free.add(b)
-                        lookup.setdefault(b, kind)
+            selected = self._select(kinds, 2)
+            encodings = tuple(_byte_encodings(self.encodings))
+            rest = frozenset((v, k) for v, k in selected.items() if k != "uid")
+            uids = frozenset((v, k) for v, k in selected.items() if k == "uid")
+            rx_rest, lk_rest = _bytes_part(rest, encodings)
+            rx_uid, lk_uid = _bytes_part(uids, encodings) if uids else (None, {})
+            lookup = {**lk_uid, **lk_rest}
             longest = max((len(b) for b in lookup), default=0)
-            rxs = tuple(
-                rx for rx in (_t.compile_bytes_literals(frozenset(bd), frozenset(fr)) for bd, fr in groups.values())
-                if rx is not None
-            )
-            got = (rxs, lookup, longest)
+            got = (tuple(rx for rx in (rx_rest, rx_uid) if rx is not None), lookup, longest)
             self._cache[key] = got
         return got
+
+
+@functools.lru_cache(maxsize=256)
+def _bytes_part(values: frozenset[tuple[str, str]], encodings: tuple[str, ...]
+                ) -> tuple[re.Pattern[bytes] | None, dict[bytes, str]]:
+    """One compiled byte regex and its lookup for a set of (value, kind). Cached: callers must not
+    mutate the returned dict."""
+    lookup: dict[bytes, str] = {}
+    bounded: set[bytes] = set()
+    free: set[bytes] = set()
+    for v, kind in sorted(values):
+        is_name = kind in _NAME_KINDS
+        for variant in {v, v.upper(), v.title(), v.capitalize()}:
+            for enc in encodings:
+                b = _encode_for_search(variant, enc)
+                if b is None:
+                    continue
+                b = b.lower()
+                if b.isascii() and not _t.is_unbounded(v):
+                    if len(b) < (3 if is_name else 4):
+                        continue
+                    bounded.add(b)
+                else:
+                    if len(b) < 4:
+                        continue
+                    free.add(b)
+                lookup.setdefault(b, kind)
+    return _t.compile_bytes_literals(frozenset(bounded), frozenset(free)), lookup
 
 
 def _rebuild_phi(values: tuple, encodings: tuple[str, ...]) -> PhiValues:

@@ -71,8 +71,8 @@ def deid_unit(job: DeidJob, ctx: DeidCtx) -> list[tuple[Any, str | None, int]]:
     staging = Path(ctx.staging)
     staging.mkdir(parents=True, exist_ok=True)
     out = []
-    for path, fid, _size, _mtime in job.files:
-        res = deid.process_file(path, staging, fid)
+    results = deid.process_files([(path, fid) for path, fid, _size, _mtime in job.files], staging)
+    for res in results:
         digest, size = None, 0
         if res.outcome == "written" and res.staged:
             digest, size = sha256_file(res.staged), os.stat(res.staged).st_size
@@ -175,7 +175,7 @@ def run_deidentify(
     from .archive import fs_text
     from .pseudonyms import Pseudonymizer
 
-    check_paths(settings.src, settings.dst, settings.resolved_quarantine())
+    check_paths(settings.src, settings.dst, settings.resolved_quarantine(), settings.review)
     settings.dst.mkdir(parents=True, exist_ok=True)
     pseudo = Pseudonymizer(settings.secret)
     run_id = audit_mod.new_run_id()

@@ -916,13 +916,15 @@ def match_outputs(src_files: Iterable[Path], dst_root: Path) -> dict[Path, Path 
     Why not by UID: output UIDs are keyed pseudonyms; matching by pixels needs no secret and
     also proves the pixels survived byte for byte. Inputs without pixel data map to None.
     """
-    by_key: dict[bytes, Path] = {}
+    by_key: dict[bytes, Path | None] = {}
     for p in sorted(Path(dst_root).rglob("*.dcm")):
         if ".dicomsafe" in p.parts:
             continue
         k = _pixel_key(p)
         if k is not None:
-            by_key.setdefault(k, p)
+            # two outputs with the same pixels (one source image reused for two patients) cannot
+            # be told apart by pixels: no match rather than a wrong one
+            by_key[k] = None if k in by_key else p
     return {s: by_key.get(_pixel_key(s)) if _pixel_key(s) else None for s in src_files}
 
 
@@ -1124,6 +1126,12 @@ def pick_demo_files(src: Path, n: int = 3) -> list[Path]:
             continue
         if "PixelData" in ds:
             images.append((str(ds.get("Modality", "")), not str(ds.get("PatientName", "")).isascii(), p))
+    # only images whose pixels are unique in the tree: outputs are matched back by their pixels
+    counts: dict[bytes | None, int] = {}
+    for _, _, p in images:
+        k = _pixel_key(p)
+        counts[k] = counts.get(k, 0) + 1
+    images = [(m, u, p) for m, u, p in images if counts.get(_pixel_key(p)) == 1]
     wanted = [lambda m, u: m == "CT", lambda m, u: m == "MR", lambda m, u: u]
     picked: list[Path] = []
     for want in wanted:

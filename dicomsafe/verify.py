@@ -321,41 +321,52 @@ class PhiValues:
 
         Minimum lengths guard against chance hits in binary data: names ≥ 3 bytes, other values
         ≥ 4 bytes, patterns without word boundaries (non-ASCII encodings) ≥ 4 bytes. UIDs get a
-        regex of their own, as in :meth:`str_matcher`.
+        regex of their own, as in :meth:`str_matcher`; the rest is the same for every file of a
+        patient, so it is built once per value set (:func:`_bytes_part`), not once per file.
         """
         kinds = frozenset(kinds)
         key = ("bytes", kinds)
         got = self._cache.get(key)
         if got is None:
-            lookup: dict[bytes, str] = {}
-            groups = {False: (set(), set()), True: (set(), set())}  # is_uid -> (bounded, free)
-            encodings = _byte_encodings(self.encodings)
-            for v, kind in self._select(kinds, 2).items():
-                is_name = kind in _NAME_KINDS
-                bounded, free = groups[kind == "uid"]
-                for variant in {v, v.upper(), v.title(), v.capitalize()}:
-                    for enc in encodings:
-                        b = _encode_for_search(variant, enc)
-                        if b is None:
-                            continue
-                        b = b.lower()
-                        if b.isascii() and not _t.is_unbounded(v):
-                            if len(b) < (3 if is_name else 4):
-                                continue
-                            bounded.add(b)
-                        else:
-                            if len(b) < 4:
-                                continue
-                            free.add(b)
-                        lookup.setdefault(b, kind)
+            selected = self._select(kinds, 2)
+            encodings = tuple(_byte_encodings(self.encodings))
+            rest = frozenset((v, k) for v, k in selected.items() if k != "uid")
+            uids = frozenset((v, k) for v, k in selected.items() if k == "uid")
+            rx_rest, lk_rest = _bytes_part(rest, encodings)
+            rx_uid, lk_uid = _bytes_part(uids, encodings) if uids else (None, {})
+            lookup = {**lk_uid, **lk_rest}
             longest = max((len(b) for b in lookup), default=0)
-            rxs = tuple(
-                rx for rx in (_t.compile_bytes_literals(frozenset(bd), frozenset(fr)) for bd, fr in groups.values())
-                if rx is not None
-            )
-            got = (rxs, lookup, longest)
+            got = (tuple(rx for rx in (rx_rest, rx_uid) if rx is not None), lookup, longest)
             self._cache[key] = got
         return got
+
+
+@functools.lru_cache(maxsize=256)
+def _bytes_part(values: frozenset[tuple[str, str]], encodings: tuple[str, ...]
+                ) -> tuple[re.Pattern[bytes] | None, dict[bytes, str]]:
+    """One compiled byte regex and its lookup for a set of (value, kind). Cached: callers must not
+    mutate the returned dict."""
+    lookup: dict[bytes, str] = {}
+    bounded: set[bytes] = set()
+    free: set[bytes] = set()
+    for v, kind in sorted(values):
+        is_name = kind in _NAME_KINDS
+        for variant in {v, v.upper(), v.title(), v.capitalize()}:
+            for enc in encodings:
+                b = _encode_for_search(variant, enc)
+                if b is None:
+                    continue
+                b = b.lower()
+                if b.isascii() and not _t.is_unbounded(v):
+                    if len(b) < (3 if is_name else 4):
+                        continue
+                    bounded.add(b)
+                else:
+                    if len(b) < 4:
+                        continue
+                    free.add(b)
+                lookup.setdefault(b, kind)
+    return _t.compile_bytes_literals(frozenset(bounded), frozenset(free)), lookup
 
 
 def _rebuild_phi(values: tuple, encodings: tuple[str, ...]) -> PhiValues:
@@ -829,7 +840,7 @@ def find_in_dataset(ds: Dataset, phi: PhiValues | None, *, ignore_kinds: Iterabl
         for tag in list(d.keys()):
             if _is_sample_tag(tag):
                 continue
-            raw = d.get_item(tag)
+            raw = d.get_item(tag, keep_deferred=True)
             if getattr(raw, "value", b"") is None and getattr(raw, "VR", None) in _BIG_BINARY_VRS:
                 continue  # a deferred binary blob (> 2 MB): the byte layer searches it in place
             tag, elem, converted = _convert(d, tag)
@@ -1003,6 +1014,22 @@ def _ssn_offsets(buf, a: int, b: int) -> Iterator[int]:
                 yield s
 
 
+def _ssn_in_samples(data, a: int, b: int) -> bool:
+    """The dashed/spaced SSN pass over a pixel value, chunk by chunk. On an mmap each scanned
+    chunk's pages are dropped again (MADV_DONTNEED), so a 2 GB file does not leave 2 GB resident."""
+    step = 8 * _CHUNK
+    pos = a
+    while pos < b:
+        end = min(b, pos + step)
+        if next(_ssn_offsets(data, pos, min(b, end + 16)), None) is not None:
+            return True
+        if isinstance(data, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+            lo = pos - pos % mmap.PAGESIZE
+            data.madvise(mmap.MADV_DONTNEED, lo, end - lo)
+        pos = end
+    return False
+
+
 def find_in_bytes(data: bytes | bytearray | memoryview | mmap.mmap, phi: PhiValues | None, *,
                   ignore_kinds: Iterable[str] = frozenset(),
                   pixel_range: tuple[int, int] | list[tuple[int, int]] | None = None,
@@ -1047,7 +1074,7 @@ def find_in_bytes(data: bytes | bytearray | memoryview | mmap.mmap, phi: PhiValu
             for off, _, _, _ in _iter_hits(data, a, b, _B_SSN_BARE, 16):
                 out.append(Finding(labeler(off), "ssn"))
         for a, b in skips:
-            if next(_ssn_offsets(data, a, b), None) is not None:
+            if _ssn_in_samples(data, a, b):
                 out.append(Finding(labeler(a) if spans else "(7FE0,0010) PixelData", "ssn"))
     return _dedupe(out)
 
@@ -1069,7 +1096,7 @@ def _raw_offsets(ds: Dataset) -> tuple[list[tuple[int, str]], int | None, list[t
     private_creators: set[tuple[int, int]] = set()
     trailing: frozenset[int] = frozenset()
     for tag in list(ds.keys()):
-        raw = ds.get_item(tag)
+        raw = ds.get_item(tag, keep_deferred=True)  # never load a deferred (pixel) value
         vr = getattr(raw, "VR", None)
         hdr = 8 if not explicit else (12 if (vr or "").encode() in _LONG_HDR_VRS else 8)
         tell = getattr(raw, "value_tell", None)
@@ -1113,7 +1140,7 @@ def _nested_pixel_values(ds: Dataset) -> list[tuple[str, bytes, int]]:
         if depth > 8:
             return
         for tag in list(d.keys()):
-            raw = d.get_item(tag)
+            raw = d.get_item(tag, keep_deferred=True)
             if _is_sample_tag(tag) and depth > 0:
                 value = getattr(raw, "value", None)
                 if isinstance(value, (bytes, bytearray)) and len(value) >= 64:

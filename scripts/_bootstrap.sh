@@ -34,7 +34,9 @@ ensure_venv() {
   fi
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -U pip >/dev/null 2>&1 || true
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[$extras]"
+    # (the grep drops pip's notes about index locations this machine does not have)
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[$extras]" \
+      2> >(grep -v -e "^WARNING: Location" -e "BuildBackendWarning" >&2)
     echo "$want" > "$stamp"
   fi
   export PATH="$VENV/bin:$PATH"

@@ -23,6 +23,9 @@ from dicomsafe.profiles import load_profile
 from conftest import TEST_SECRET
 
 PYDICOM_DATA = Path(pydicom.data.__file__).parent
+#: CI budget; a longer run: DICOMSAFE_FUZZ_EXAMPLES=20000 DICOMSAFE_MUTANTS=5000 (docs/robustness.md)
+FUZZ_EXAMPLES = int(os.environ.get("DICOMSAFE_FUZZ_EXAMPLES", "60"))
+N_MUTANTS = int(os.environ.get("DICOMSAFE_MUTANTS", "300"))
 
 
 def cli(*args, timeout=600, **kw):
@@ -41,8 +44,8 @@ def hostile_tree(corpus, tmp_path_factory):
     shutil.copytree(PYDICOM_DATA / "test_files", root / "pydicom")
     shutil.copytree(PYDICOM_DATA / "charset_files", root / "charset")
     sources = [p for p in corpus.with_outcome("written")]
-    mutants = build_mutants(sources, root / "mutants", n=300, seed=7)
-    assert len(mutants) >= 300
+    mutants = build_mutants(sources, root / "mutants", n=N_MUTANTS, seed=int(os.environ.get("DICOMSAFE_MUTANT_SEED", "7")))
+    assert len(mutants) >= N_MUTANTS
     return root
 
 
@@ -113,7 +116,7 @@ def test_sigterm_stops_cleanly_with_130(tmp_path, secret_file):
 PLANT = "Quixwortle^Zanthippe"
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzzed_bytes_never_crash_never_leak(data, tmp_path_factory):
     """Random structural damage to a real file: the deidentifier returns a result, never raises,

@@ -93,3 +93,14 @@ def test_profiles_cli_show_and_check(tmp_path):
 def test_unknown_profile_is_exit_2():
     r = _cli("profiles", "show", "no-such-profile")
     assert r.returncode == 2 and "unknown profile" in r.stderr
+
+
+def test_profiles_diff_lists_changed_attributes():
+    r = _cli("profiles", "diff", "basic", "research")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    study_date = next(l for l in lines if l.startswith("(0008,0020)"))
+    assert study_date.split()[1:3] == ["Z", "C"]  # removed in basic, shifted in research
+    assert "attribute(s) differ" in lines[-1] and int(lines[-1].split()[0]) > 100
+    r = _cli("profiles", "diff", "basic", "basic")
+    assert r.stdout.strip().endswith("0 attribute(s) differ")

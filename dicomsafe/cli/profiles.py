@@ -59,3 +59,34 @@ def check_cmd(file: str) -> None:
     """Validate a profile file; exit 2 naming file:line on any problem, else print its plan."""
     _show(file, ())
     click.echo("\nprofile is valid")
+
+
+@profiles.command("diff")
+@click.argument("a")
+@click.argument("b")
+def diff_cmd(a: str, b: str) -> None:
+    """Attributes whose action differs between profiles A and B (names or files)."""
+    from ..profiles import load_profile
+    from ..rules import compile_plan, describe_plan
+
+    pa, pb = load_profile(a), load_profile(b)
+    rows_a = {tag: (name, action) for tag, name, action, _ in describe_plan(compile_plan(pa))}
+    rows_b = {tag: (name, action) for tag, name, action, _ in describe_plan(compile_plan(pb))}
+    for label, prof in (("a", pa), ("b", pb)):
+        click.echo(f"{label}: {prof.name} ({', '.join(prof.options) or 'no options'})")
+    only = sorted(set(pa.options) ^ set(pb.options))
+    if only:
+        click.echo(f"options that differ: {', '.join(only)}")
+    for attr in ("shift_days", "pixels", "scrub"):
+        if getattr(pa, attr) != getattr(pb, attr):
+            click.echo(f"{attr}: {getattr(pa, attr)} -> {getattr(pb, attr)}")
+    click.echo("")
+    click.echo(f"{'tag':14s} {'a':12s} {'b':12s} name")
+    changed = 0
+    for tag in sorted(set(rows_a) | set(rows_b)):
+        na, aa = rows_a.get(tag, ("", "-"))
+        nb, ab = rows_b.get(tag, ("", "-"))
+        if aa != ab:
+            changed += 1
+            click.echo(f"{tag:14s} {aa[:12]:12s} {ab[:12]:12s} {na or nb}")
+    click.echo(f"\n{changed} attribute(s) differ")

@@ -61,13 +61,9 @@ def _identities(paths: tuple[str, ...] | list[str]) -> list[Any]:
 
 
 def _secret(path: str | None) -> bytes:
-    from ..pseudonyms import load_secret
+    from .deid import secret_from_options
 
-    path = path or os.environ.get("DICOMSAFE_SECRET_FILE")
-    if not path:
-        raise ConfigError("a pseudonym secret is required: --secret-file FILE or DICOMSAFE_SECRET_FILE "
-                          "(create one with: dicomsafe keygen --secret -o FILE)")
-    return load_secret(path)
+    return secret_from_options(path)
 
 
 def _need(values: dict[str, Any], key: str, what: str) -> Any:

@@ -434,7 +434,12 @@ def plan(args, sizes: Sizes, out: Path, py: str, bench_py: str) -> list[Case]:
     recipient = _first_line(["age-keygen", "-y", str(identity)])
     cert = make_certificate(keys)
 
-    def dicomsafe_cmd(src: Path, dst: Path, extra: list[str] = ()) -> list[str]:
+    jobs = dicomsafe_has_jobs(ds)
+
+    def dicomsafe_cmd(src: Path, dst: Path, extra: list[str] | None = None) -> list[str]:
+        """Single process unless told otherwise: with the batch layer, --jobs defaults to the CPU count."""
+        if extra is None:
+            extra = ["--jobs", "1"] if jobs else []
         return [ds, "-q", "deidentify", str(src), str(dst), "--profile", "basic", "--secret-file", str(secret),
                 "--quarantine", str(work / "quarantine"), *extra]
 
@@ -458,11 +463,10 @@ def plan(args, sizes: Sizes, out: Path, py: str, bench_py: str) -> list[Case]:
     add("cp", "cp -r", "files", ["cp", "-r", str(ct), str(work / "cp")], [ct], work / "cp", n, ct_bytes, expect=n)
     add("pydicom", "bare pydicom read+write", "files", [py, bench, "_floor", str(ct), str(work / "pydicom")],
         [ct], work / "pydicom", n, ct_bytes, expect=n)
-    jobs = dicomsafe_has_jobs(ds)
     batch_api = not jobs and subprocess.run([py, "-c", "from dicomsafe.batchrun import run_deidentify"],
                                             capture_output=True).returncode == 0
     add("dicomsafe", "dicomsafe deidentify" + (" --jobs 1" if jobs else "") + " (basic, verified)", "files",
-        dicomsafe_cmd(ct, work / "dicomsafe", ["--jobs", "1"] if jobs else []), [ct], work / "dicomsafe", n,
+        dicomsafe_cmd(ct, work / "dicomsafe"), [ct], work / "dicomsafe", n,
         ct_bytes, check="dicomsafe", expect=n)
     if jobs:
         add("dicomsafe-j2", "dicomsafe deidentify --jobs 2 (basic, verified)", "files",
@@ -573,6 +577,8 @@ def profile_run(sizes: Sizes, out: Path, py: str) -> dict:
     warm([data])
     cmd = [py, "-m", "cProfile", "-o", str(prof), "-m", "dicomsafe", "-q", "deidentify", str(data), str(dst),
            "--profile", "basic", "--secret-file", str(secret), "--quarantine", str(out / "work" / "quarantine")]
+    if dicomsafe_has_jobs(str(Path(py).parent / "dicomsafe")):
+        cmd += ["--jobs", "1"]  # a pool's workers are invisible to cProfile in the parent
     sec, rss, rc, _ = timed(cmd, out / "bench.log")
     st = pstats.Stats(str(prof))
     total = st.total_tt
@@ -673,8 +679,7 @@ def scale_note(res: dict) -> str:
     est = f"about {10 * per_round * res['runs'] / 60:.0f} min for every tool, " if per_round else ""
     return ("20,000 files were not run (`scripts/bench --full` adds them for dicomsafe and bare pydicom): "
             f"10 GB more corpus plus 10 GB of output per run, and {est}on a 2-core machine shared with the "
-            "rest of the team, where the benchmark was allowed one run of the standard size. The 200 → 2,000 "
-            "rows show whether the rate and RSS stay flat.")
+            "rest of the team while it was measured. The 200 → 2,000 rows show whether the rate and RSS stay flat.")
 
 
 def render(res: dict) -> str:
@@ -693,6 +698,10 @@ def render(res: dict) -> str:
     L.append(f"**Load.** 1-minute load average {la0[0]:.1f} at the start and {la1[0]:.1f} at the end. "
              + res.get("load_note", ""))
     L.append("")
+    for rr in res.get("reruns", []):
+        L.append(f"**Re-measured** {rr['started']} (same machine, 1-minute load {rr['loadavg'][0][0]:.1f} → "
+                 f"{rr['loadavg'][1][0]:.1f}): {', '.join('`' + k + '`' for k in rr['keys'])} — {rr['why']}")
+        L.append("")
     L.append(f"**Command.** `{res['command']}`")
     L.append("")
     L.append(f"**Verification.** {res['verify_note']}")
@@ -807,6 +816,20 @@ def splice(doc: Path, start: str, end: str, body: str) -> None:
     doc.write_text(f"{head}{start}\n{body}{end}{tail}")
 
 
+def merge_results(old: dict, new: dict, why: str) -> dict:
+    """Cases (and the profile) measured now replace those of the same key in an earlier run."""
+    fresh = {c["key"]: c for c in new["cases"]}
+    cases = [fresh.pop(c["key"], c) for c in old["cases"]]
+    cases += list(fresh.values())
+    merged = dict(old, cases=cases)
+    if new.get("profile"):
+        merged["profile"] = new["profile"]
+    keys = [c["key"] for c in new["cases"]] + (["profile"] if new.get("profile") else [])
+    merged.setdefault("reruns", []).append({"started": new["started"], "keys": keys, "why": why,
+                                             "loadavg": [new["machine"]["loadavg_start"], new["loadavg_end"]]})
+    return merged
+
+
 def publish(res: dict, doc: Path, out: Path, bench_python: str) -> None:
     """results.json → chart (drawn in the peers' venv, which has matplotlib) + doc sections."""
     (out / "results.json").write_text(json.dumps(res, indent=1, default=str))
@@ -843,6 +866,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--bench-python", default=str(ROOT / ".venv-bench" / "bin" / "python"),
                     help="python of the peers' venv (deid, dicognito, dicom-anonymizer, matplotlib)")
     ap.add_argument("--load-note", default="", help="free text about other load on the machine, for the doc")
+    ap.add_argument("--merge", metavar="WHY",
+                    help="re-measure only the selected cases (--only) and merge them into OUT/results.json; "
+                         "WHY is printed with the results")
+    ap.add_argument("--with-profile", action="store_true", help="run the cProfile step even with --only")
     ap.add_argument("--render-only", action="store_true",
                     help="re-write the doc and chart from OUT/results.json without measuring")
     args = ap.parse_args(argv)
@@ -890,7 +917,7 @@ def main(argv: list[str]) -> int:
                 remove(c.out)
         # outputs of the first round stay only with --keep-data (inspection)
     prof = None
-    if not args.no_profile and not args.only:
+    if not args.no_profile and (not args.only or args.with_profile):
         build_ct(out / "data" / f"ct{sizes.profile_files}", sizes.profile_files, sizes.patients)
         print(f"profiling dicomsafe on {sizes.profile_files} files …", flush=True)
         prof = profile_run(sizes, out, py)
@@ -915,6 +942,8 @@ def main(argv: list[str]) -> int:
         "profile": prof,
     }
     res["elapsed_s"] = time.perf_counter() - t_start
+    if args.merge and (out / "results.json").exists():
+        res = merge_results(json.loads((out / "results.json").read_text()), res, args.merge)
     res["scale_note"] = scale_note(res)
     res["targets"] = targets(res)
     (out / "results.json").write_text(json.dumps(res, indent=1, default=str))

@@ -1186,3 +1186,8 @@ def _write_parts(
     if len(tail):
         tail.set_original_encoding(implicit, little, charset)
         write_dataset(fp, tail, parent_encoding=charset)
+
+
+from . import safelog as _safelog  # noqa: E402
+
+_safelog.quiet_third_party()  # pydicom is imported now: switch its value-quoting validation off

@@ -9,6 +9,7 @@ switched off, and exceptions are rendered by :func:`safe_error_text`.
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 
 from .errors import DicomsafeError
@@ -28,13 +29,17 @@ class OwnRecordsOnly(logging.Filter):
 
 
 def quiet_third_party() -> None:
-    """Silence pydicom's value-quoting warnings and log output (idempotent)."""
-    import pydicom.config as pconf
+    """Silence pydicom's value-quoting warnings and log output (idempotent).
 
-    pconf.settings.reading_validation_mode = pconf.IGNORE
+    Called by the CLI and by the modules that import pydicom (dicomio, verify): commands that never
+    touch DICOM (encrypt, keygen) then do not pay for importing pydicom.
+    """
     logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
     warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
     warnings.filterwarnings("ignore", category=UserWarning, message=r".*(VR|value|charset|encoding).*")
+    pconf = sys.modules.get("pydicom.config")
+    if pconf is not None:
+        pconf.settings.reading_validation_mode = pconf.IGNORE
 
 
 def configure(level: int) -> None:

@@ -1235,3 +1235,8 @@ def ignore_kinds_for_options(options: Iterable[str]) -> frozenset[str]:
     for opt in options:
         out |= _OPTION_IGNORES.get(opt, frozenset())
     return frozenset(out)
+
+
+from . import safelog as _safelog  # noqa: E402
+
+_safelog.quiet_third_party()  # pydicom is imported now: switch its value-quoting validation off

@@ -706,15 +706,15 @@ def test_pydicom_log_records_are_redacted(tmp_path: Path, caplog: pytest.LogCapt
     """pydicom logs "Invalid value for VR UI: '<value>'"; no such value may reach our logs."""
     ds = pydicom.dcmread(tf("CT_small.dcm"))
     p = tmp_path / "bad.dcm"
-    with pytest.warns(UserWarning):
-        ds.add_new(0x00081150, "UI", "1.2.PLANTEDVALUE")  # not a valid UID: pydicom complains
-        ds.save_as(p)
+    ds.add_new(0x00081150, "UI", "1.2.PLANTEDVALUE")  # not a valid UID: pydicom would complain
+    ds.save_as(p)
     caplog.clear()
     with caplog.at_level("DEBUG"):
         res = read_dicom(p)
         write_dicom(res.dataset, tmp_path / "o.dcm", pixel_ref=res.pixel_ref)
-    assert any(r.name == "pydicom" for r in caplog.records)  # pydicom did log ...
-    assert "PLANTEDVALUE" not in caplog.text  # ... but not the value
+    # importing dicomio switched pydicom's value-quoting validation off (dicomsafe.safelog)
+    assert pydicom.config.settings.reading_validation_mode == pydicom.config.IGNORE
+    assert "PLANTEDVALUE" not in caplog.text
 
 
 def test_private_transfer_syntax_refused(tmp_path: Path) -> None:

@@ -43,3 +43,10 @@ def test_world_readable_secret_is_refused(tmp_path):
     os.chmod(path, 0o644)
     with pytest.raises(SecretFileError, match="group or others"):
         read_secret_file(path)
+
+
+def test_lazy_command_map_matches_the_registered_commands():
+    from dicomsafe.cli import COMMAND_MODULES, load_all_commands, main
+
+    load_all_commands()
+    assert {n: c.callback.__module__.rsplit(".", 1)[1] for n, c in main.commands.items()} == COMMAND_MODULES

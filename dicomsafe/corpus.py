@@ -560,11 +560,12 @@ def _preamble(kind: str, who: Identity) -> bytes:
     return body[:128].ljust(128, b"\0")
 
 
-def build_corpus(dst: Path, *, seed: int = 0, patients: int = 3) -> Corpus:
+def build_corpus(dst: Path, *, seed: int = 0, patients: int = 3, hostile: bool = False) -> Corpus:
     """Write the identified corpus under ``dst`` (created; must be empty or absent).
 
     Layout: ``dst/<Family>^<Given>_<PatientID>/<StudyDate>_<Mod>_<Accession>/<PatientID>_<Mod>_<n>.dcm``
-    plus stray files. See :class:`Corpus` for what is returned.
+    plus stray files. See :class:`Corpus` for what is returned. ``hostile=True`` adds the
+    file-system oddities of issue 9 (see :func:`_add_hostile_files`).
     """
     dst = Path(dst)
     if dst.exists() and any(dst.iterdir()):
@@ -790,6 +791,8 @@ def build_corpus(dst: Path, *, seed: int = 0, patients: int = 3) -> Corpus:
     _put(empty, b"")
     corpus.expected[empty] = "skipped"
     corpus.features[empty] = ["empty"]
+    if hostile:
+        _add_hostile_files(corpus, written, seed)
 
     corpus.files = sorted(corpus.expected)
     for k in corpus.studies:
@@ -801,6 +804,71 @@ def build_corpus(dst: Path, *, seed: int = 0, patients: int = 3) -> Corpus:
     corpus.planted = [v for vs in planter.by_kind.values() for v in vs if not (v in seen or seen.add(v))]
     corpus.needles = {v: sorted(planter.needles[v]) for v in corpus.planted}
     return corpus
+
+
+def _add_hostile_files(corpus: Corpus, written: list[tuple[Path, Dataset, Identity]], seed: int) -> None:
+    """File-system oddities real archives contain (issue 9). Expected outcomes are proposals:
+
+    - valid DICOM under a name with spaces, and under a name with non-UTF-8 bytes and a newline
+      -> "written" (fresh SOP Instance UIDs, same series as their origin);
+    - an exact byte copy of a valid file elsewhere ("duplicate-exact") -> "skipped": the instance is
+      already written once and nothing is lost;
+    - a different file reusing another file's SOP Instance UID ("duplicate-conflict", it sorts
+      after the original) -> "quarantined": both cannot be written to the same output;
+    - a PDF with a .dcm name, and a DICOMDIR copied from pydicom -> "skipped";
+    - symlinks: to a file outside the tree (/dev/null), dangling, and a directory loop back to the
+      root; the file-like ones -> "skipped" (never followed out of the source). The loop is a
+      directory and so not in ``files``; it is listed in ``features`` under the link's path.
+    """
+    root = corpus.root
+    (path0, ds0, who0), (path1, ds1, who1) = written[0], written[2]
+    pdir = root / f"{who0.name}_{who0.patient_id}"
+
+    def rewrite(src_ds: Dataset, target: Path, tag: str, feats: list[str], sop: str | None = None) -> None:
+        ds = copy.deepcopy(src_ds)
+        new_sop = sop or make_uid(seed, "hostile-sop", tag)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = new_sop
+        if sop is not None:
+            ds.ImageComments = str(ds.ImageComments) + " (re-sent)"
+        else:
+            corpus.uids.append(new_sop)
+        _write(ds, target)
+        corpus.features[target] = feats
+        if sop is None:
+            corpus.expected[target] = "written"
+            corpus.studies[ds.StudyInstanceUID].append(target)
+            corpus.series[ds.SeriesInstanceUID].append(target)
+        else:
+            corpus.expected[target] = "quarantined"
+
+    rewrite(ds0, pdir / "Scans From CD" / "IM 0001.dcm", "spaces", ["name-with-spaces"])
+    odd = pdir / "Scans From CD" / os.fsdecode(b"IM\xff\xfe_0002\nsecond line.dcm")
+    rewrite(ds1, odd, "odd-bytes", ["name-non-utf8", "name-newline"])
+    dup = root / f"{who0.name}_{who0.patient_id}" / "zz-duplicates" / path0.name
+    _put(dup, path0.read_bytes())
+    corpus.expected[dup] = "skipped"
+    corpus.features[dup] = ["duplicate-exact"]
+    rewrite(ds0, pdir / "zz-duplicates" / f"resent_{path0.name}", "conflict", ["duplicate-conflict"],
+            sop=str(ds0.SOPInstanceUID))
+    pdf = pdir / "report.dcm"
+    _put(pdf, b"%PDF-1.4\n% fake report for " + who0.name.encode() + b"\n%%EOF\n")
+    corpus.expected[pdf] = "skipped"
+    corpus.features[pdf] = ["not-dicom", "pdf"]
+    dicomdir = get_testdata_file("DICOMDIR", download=False)
+    if dicomdir:
+        target = root / "DICOMDIR"
+        _put(target, Path(dicomdir).read_bytes())
+        corpus.expected[target] = "skipped"
+        corpus.features[target] = ["dicomdir"]
+    links = root / "links"
+    links.mkdir()
+    for name, to, feat in (("outside.dcm", os.devnull, "symlink-outside"),
+                           ("dangling.dcm", "no-such-file.dcm", "symlink-dangling")):
+        (links / name).symlink_to(to)
+        corpus.expected[links / name] = "skipped"
+        corpus.features[links / name] = [feat]
+    (links / "loop").symlink_to("..", target_is_directory=True)
+    corpus.features[links / "loop"] = ["symlink-loop"]
 
 
 def _put(path: Path, data: bytes) -> None:
@@ -1085,7 +1153,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         c_ = build_corpus(args.dir, seed=args.seed, patients=args.patients)
         if args.manifest:
             args.manifest.parent.mkdir(parents=True, exist_ok=True)
-            args.manifest.write_text(json.dumps(c_.to_json(), indent=1, ensure_ascii=False))
+            args.manifest.write_text(json.dumps(c_.to_json(), indent=1))  # ASCII: file names may hold non-UTF-8 bytes
         counts = {k: len(c_.with_outcome(k)) for k in ("written", "quarantined", "skipped")}
         print(f"corpus: {len(c_.files)} files in {len(c_.studies)} studies of {len(c_.patients)} fake patients; "
               f"expected outcomes {counts}; {len(c_.planted)} planted values")

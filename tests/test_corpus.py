@@ -408,3 +408,29 @@ def test_corpus_command_line(tmp_path):
     shutil.copytree(tmp_path / "src", tmp_path / "copy")
     r = run("describe", tmp_path / "src", tmp_path / "copy", "-n", "3")
     assert r.returncode == 0 and r.stdout.count("PatientName") == 3
+
+
+def test_hostile_corpus_adds_file_system_oddities(tmp_path):
+    import json
+
+    c = build_corpus(tmp_path / "h", hostile=True)
+    feats = {f for fs in c.features.values() for f in fs}
+    assert {"name-with-spaces", "name-non-utf8", "name-newline", "duplicate-exact", "duplicate-conflict",
+            "dicomdir", "pdf", "symlink-outside", "symlink-dangling", "symlink-loop"} <= feats
+    (exact,) = c.with_feature("duplicate-exact")
+    (conflict,) = c.with_feature("duplicate-conflict")
+    origin = next(p for p in c.with_outcome("written") if p.read_bytes() == exact.read_bytes())
+    assert _read(conflict).SOPInstanceUID == _read(origin).SOPInstanceUID
+    assert conflict.read_bytes() != origin.read_bytes()
+    (odd,) = c.with_feature("name-non-utf8")
+    assert b"\xff" in os.fsencode(odd.name) and "\n" in odd.name
+    assert _read(odd).SOPInstanceUID in c.uids
+    for p in c.files:
+        if any(f.startswith("symlink") for f in c.features[p]):
+            assert p.is_symlink() and c.expected[p] == "skipped"
+    loop = next(p for p, f in c.features.items() if "symlink-loop" in f)
+    assert loop.is_symlink() and loop.resolve() == c.root.resolve()
+    # written files keep their grouping; the manifest survives non-UTF-8 names
+    assert sorted(p for ps in c.studies.values() for p in ps) == sorted(c.with_outcome("written"))
+    back = Corpus.from_json(c.root, json.loads(json.dumps(c.to_json())))
+    assert back.files == c.files and back.expected == c.expected

@@ -705,6 +705,8 @@ def build_corpus(dst: Path, *, seed: int = 0, patients: int = 3, hostile: bool =
                 elif counter % 3 == 0:
                     ds.preamble = _preamble("name", who)
                     extra.append("preamble-phi")
+                elif (ds.preamble or b"")[:4] in (b"II*\x00", b"MM\x00*"):
+                    extra.append("preamble-tiff")  # legitimate dual-personality TIFF header: keep it
                 else:
                     ds.preamble = bytes(128)
                 # structured reports and references -------------------------------------------

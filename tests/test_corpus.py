@@ -206,7 +206,7 @@ def test_truncated_files_really_are_truncated(corpus):
 def test_coverage_of_modalities_and_encodings(corpus):
     feats = {f for fs in corpus.features.values() for f in fs}
     assert {"big-endian", "implicit-vr", "explicit-le", "jpeg", "jpeg2000", "rle", "deflate", "multiframe",
-            "sr", "rt", "seg", "ecg", "overlay", "palette", "ybr", "rgb", "polyglot-pe", "preamble-phi",
+            "sr", "rt", "seg", "ecg", "overlay", "palette", "ybr", "rgb", "polyglot-pe", "preamble-phi", "preamble-tiff",
             "trailing-padding", "no-meta", "truncated-header", "truncated-pixels", "not-dicom",
             "empty"} <= feats
     assert {"charset-ja", "charset-ko", "charset-zh", "charset-zh-utf8", "charset-ru", "charset-el",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import io
 import json
 import logging
 import os
@@ -722,7 +723,6 @@ def build_corpus(dst: Path, *, seed: int = 0, patients: int = 3, hostile: bool =
                     ds.pop("PertinentOtherEvidenceSequence", None)
                     pending_refs.append((path, target, "ContentSequence/IMAGE/ReferencedSOPSequence"))
                     pending_refs.append((path, target, "CurrentRequestedProcedureEvidenceSequence"))
-                    ds.VerifyingObserverSequence = ds.get("VerifyingObserverSequence", [])
                 if "seg" in feats:
                     tcls, tuid, _ = sop_of[f"{key}/0/0"]
                     ref_series = ds.ReferencedSeriesSequence[0]
@@ -1099,8 +1099,6 @@ def build_multiframe(dst: Path, size_bytes: int, *, rows: int = 512, cols: int =
     ds.preamble = bytes(128)
     path = dst if dst.suffix == ".dcm" else dst / f"{who.patient_id}_multiframe.dcm"
     path.parent.mkdir(parents=True, exist_ok=True)
-    import io
-
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)  # header only: no PixelData yet
     rng = np.random.default_rng(seed)

@@ -51,6 +51,7 @@ __all__ = [
     "build_multiframe",
     "describe_changes",
     "format_table",
+    "assert_no_planted",
     "find_planted",
     "match_outputs",
     "pydicom_test_files",
@@ -124,6 +125,16 @@ class Identity:
     @property
     def ssn_digits(self) -> str:
         return self.ssn.replace("-", "")
+
+    @property
+    def email(self) -> str:
+        return f"{self.given.lower()}.{self.family.lower()}@fakeshire.invalid"
+
+    @property
+    def birth_date_written(self) -> str:
+        """The birth date as a person writes it (DD/MM/YYYY), for free text."""
+        d = self.birth_date
+        return f"{d[6:8]}/{d[4:6]}/{d[0:4]}"
 
     @property
     def latin1_family(self) -> str:
@@ -503,7 +514,7 @@ def _sr_findings(who: Identity, target_class: str, target_sop: str) -> Dataset:
     ref.ReferencedSOPInstanceUID = target_sop
     image.ReferencedSOPSequence = [ref]
     deeper = item("CONTAINS", "TEXT", _code("121106", "DCM", "Comment"),
-                  TextValue=f"Discussed with {who.family}, phone {who.phone}.")
+                  TextValue=f"Discussed with {who.family} (born {who.birth_date_written}), phone {who.phone}.")
     sub = item("CONTAINS", "CONTAINER", _code("121064", "DCM", "Current Procedure Descriptions"),
                ContinuityOfContent="SEPARATE", ContentSequence=[deeper])
     box = item("CONTAINS", "CONTAINER", _code("121070", "DCM", "Findings"),
@@ -593,6 +604,9 @@ def build_corpus(dst: Path, *, seed: int = 0, patients: int = 3, hostile: bool =
         planter.add("other_id", who.other_issuer)
         planter.add("request_id", who.requested_procedure_id)
         planter.add("physician", who.physician)
+        planter.add("email", who.email)
+        planter.add("name", who.family.upper())  # names in free text come in every case
+        planter.add("birth_date", who.birth_date_written)
 
     # Studies: plan entries round-robin over patients, plus one charset study per patient.
     counter = 0
@@ -682,6 +696,9 @@ def build_corpus(dst: Path, *, seed: int = 0, patients: int = 3, hostile: bool =
                 ds.ImageComments = (
                     f"Pt {who.given} {who.family} MRN {who.patient_id} DOB {who.birth_date} "
                     f"ssn {who.ssn_digits}; call {who.phone}"
+                )
+                ds.AdditionalPatientHistory = (
+                    f"{who.family.upper()}, {who.given} (b. {who.birth_date_written}) prefers e-mail: {who.email}"
                 )
                 if charset_script:
                     # the non-Latin name in free text too (scrubbers must match decoded text)
@@ -895,7 +912,7 @@ def _bare_dataset_bytes(ds: Dataset) -> bytes:
 # ---------------------------------------------------------------------------------------------
 
 
-def find_planted(corpus: Corpus, root: Path, *, text: str | bytes | None = None) -> list[tuple[str, str]]:
+def find_planted(corpus: Corpus, root: Path | None = None, *, text: str | bytes | None = None) -> list[tuple[str, str]]:
     """Return (where, kind) for every planted value found under ``root`` (bytes and paths) or in
     ``text``. ``where`` is a path relative to ``root`` (or "<text>"), never the value itself."""
     kind_of = {v: k for k, vs in corpus.planted_by_kind.items() for v in vs}
@@ -904,8 +921,8 @@ def find_planted(corpus: Corpus, root: Path, *, text: str | bytes | None = None)
     if text is not None:
         blob = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
         hits += [("<text>", k) for n, k in needles if n in blob]
-    root = Path(root)
-    if root.exists():
+    if root is not None and Path(root).exists():
+        root = Path(root)
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
             for name in sorted(dirnames) + sorted(filenames):
@@ -921,6 +938,19 @@ def find_planted(corpus: Corpus, root: Path, *, text: str | bytes | None = None)
                 data = p.read_bytes()
                 hits += [(rel, k) for n, k in needles if n in data]
     return sorted(set(hits))
+
+
+def assert_no_planted(corpus: Corpus, root: Path | None = None, *, text: str | bytes | None = None) -> None:
+    """Fail (AssertionError) if any planted value is under ``root`` or in ``text``.
+
+    The message names where and which kind — never the value — so a failing test does not put
+    PHI into CI logs either (fake PHI, but the habit matters).
+    """
+    hits = find_planted(corpus, root, text=text)
+    if hits:
+        shown = "; ".join(f"{kind} in {where}" for where, kind in hits[:25])
+        more = f" (+{len(hits) - 25} more)" if len(hits) > 25 else ""
+        raise AssertionError(f"{len(hits)} planted value(s) found: {shown}{more}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1164,7 +1194,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         corpus = Corpus.from_json(Path("."), json.loads(args.manifest.read_text()))
         hits = find_planted(corpus, args.tree)
         for t in args.text:
-            hits += [(f"{t.name}", k) for _, k in find_planted(corpus, Path("/nonexistent"), text=t.read_bytes())]
+            hits += [(f"{t.name}", k) for _, k in find_planted(corpus, None, text=t.read_bytes())]
         for where, kind in hits:
             print(f"LEAK: planted {kind} value found in {where}")
         print(f"planted values found: {len(hits)}")

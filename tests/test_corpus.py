@@ -15,6 +15,7 @@ import pytest
 
 from dicomsafe.corpus import (
     Corpus,
+    assert_no_planted,
     build_corpus,
     build_ct_series,
     build_multiframe,
@@ -93,7 +94,7 @@ def test_planted_values_are_long_unique_and_absent_from_pydicom_files(corpus, py
 def test_planted_kinds_cover_the_issue(corpus):
     kinds = set(corpus.planted_by_kind)
     assert {"name", "patient_id", "birth_date", "address", "phone", "ssn", "other_id", "request_id",
-            "physician", "accession", "institution", "name_nonlatin"} <= kinds
+            "physician", "accession", "institution", "name_nonlatin", "email"} <= kinds
 
 
 def test_phi_hides_where_the_issue_says(corpus):
@@ -265,6 +266,11 @@ def test_find_planted_sees_paths_bytes_and_text(corpus, tmp_path):
     assert any(w.endswith("(path)") and k == "patient_id" for w, k in hits)
     assert ("b.bin", "ssn") in hits
     assert all(who.family not in w for w, _ in hits if w != "<text>")
+    assert find_planted(corpus, None, text=b"clean") == []
+    with pytest.raises(AssertionError) as err:
+        assert_no_planted(corpus, clean, text=f"{who.given}")
+    assert "ssn in b.bin" in str(err.value) and who.ssn not in str(err.value) and who.given not in str(err.value)
+    assert_no_planted(corpus, tmp_path / "nothing-here", text="all clean")
 
 
 def test_describe_changes_and_match_outputs(corpus, tmp_path):

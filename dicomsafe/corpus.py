@@ -914,8 +914,17 @@ def _bare_dataset_bytes(ds: Dataset) -> bytes:
 
 def find_planted(corpus: Corpus, root: Path | None = None, *, text: str | bytes | None = None) -> list[tuple[str, str]]:
     """Return (where, kind) for every planted value found under ``root`` (bytes and paths) or in
-    ``text``. ``where`` is a path relative to ``root`` (or "<text>"), never the value itself."""
+    ``text``. ``where`` is a path relative to ``root`` (or "<text>") with every planted value in
+    it replaced by ``<kind>``: the report itself never repeats a value."""
     kind_of = {v: k for k, vs in corpus.planted_by_kind.items() for v in vs}
+    by_length = sorted(kind_of, key=len, reverse=True)
+
+    def redact(where: str) -> str:
+        for v in by_length:
+            if v in where:
+                where = where.replace(v, f"<{kind_of[v]}>")
+        return where
+
     needles = [(n, kind_of[v]) for v, forms in corpus.needles.items() for n in forms]
     hits: list[tuple[str, str]] = []
     if text is not None:
@@ -937,7 +946,7 @@ def find_planted(corpus: Corpus, root: Path | None = None, *, text: str | bytes 
                 rel = p.relative_to(root).as_posix()
                 data = p.read_bytes()
                 hits += [(rel, k) for n, k in needles if n in data]
-    return sorted(set(hits))
+    return sorted({(redact(w), k) for w, k in hits})
 
 
 def assert_no_planted(corpus: Corpus, root: Path | None = None, *, text: str | bytes | None = None) -> None:
@@ -1195,9 +1204,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
         hits = find_planted(corpus, args.tree)
         for t in args.text:
             hits += [(f"{t.name}", k) for _, k in find_planted(corpus, None, text=t.read_bytes())]
-        for where, kind in hits:
+        for where, kind in hits[:50]:
             print(f"LEAK: planted {kind} value found in {where}")
-        print(f"planted values found: {len(hits)}")
+        if len(hits) > 50:
+            print(f"... and {len(hits) - 50} more")
+        print(f"planted values found: {len(hits)}" + ("" if hits else " (clean)"))
         return 1 if hits else 0
     if args.cmd == "ct":
         files = build_ct_series(args.dir, args.n, rows=args.size, cols=args.size, patients=args.patients)

@@ -263,7 +263,7 @@ def test_find_planted_sees_paths_bytes_and_text(corpus, tmp_path):
     (clean / "b.bin").write_bytes(b"..." + who.ssn.encode() + b"...")
     hits = find_planted(corpus, clean, text=f"log line about {who.family}")
     assert ("<text>", "name") in hits
-    assert any(w.endswith("(path)") and k == "patient_id" for w, k in hits)
+    assert ("<patient_id>.bin (path)", "patient_id") in hits  # the value itself is never repeated
     assert ("b.bin", "ssn") in hits
     assert all(who.family not in w for w, _ in hits if w != "<text>")
     assert find_planted(corpus, None, text=b"clean") == []

@@ -394,17 +394,20 @@ def test_pydicom_test_files_fixture(pydicom_test_files):
     assert len(pydicom_test_files) >= 90
 
 
-def test_corpus_command_line(tmp_path):
+def test_corpus_command_line(corpus, tmp_path):
     import json
     import subprocess
     import sys
 
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    # another process with another hash seed must still build the very same bytes
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), PYTHONHASHSEED="12345")
     run = lambda *a: subprocess.run([sys.executable, "-m", "dicomsafe.corpus", *map(str, a)],  # noqa: E731
                                     capture_output=True, text=True, env=env)
     r = run("build", tmp_path / "src", "--manifest", tmp_path / "m.json")
     assert r.returncode == 0, r.stderr
     manifest = json.loads((tmp_path / "m.json").read_text())
+    assert _tree(tmp_path / "src") == _tree(corpus.root)
+    assert manifest == json.loads(json.dumps(corpus.to_json()))
     assert "Traceback" not in r.stderr and not any(v in r.stdout + r.stderr for v in manifest["planted"])
     assert run("leaks", tmp_path / "m.json", tmp_path / "src").returncode == 1
     clean = tmp_path / "clean"

@@ -20,6 +20,7 @@ Also here: :func:`build_ct_series` and :func:`build_multiframe` (bulk data for b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import hashlib
 import io
@@ -28,9 +29,10 @@ import logging
 import os
 import random
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pydicom
@@ -572,6 +574,20 @@ def _preamble(kind: str, who: Identity) -> bytes:
     return body[:128].ljust(128, b"\0")
 
 
+@contextlib.contextmanager
+def _quiet_pydicom() -> Iterator[None]:
+    """Silence pydicom's warnings and log lines about its own odd test files while we build."""
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def build_corpus(dst: Path, *, seed: int = 0, patients: int = 3, hostile: bool = False) -> Corpus:
     """Write the identified corpus under ``dst`` (created; must be empty or absent).
 
@@ -579,6 +595,12 @@ def build_corpus(dst: Path, *, seed: int = 0, patients: int = 3, hostile: bool =
     plus stray files. See :class:`Corpus` for what is returned. ``hostile=True`` adds the
     file-system oddities of issue 9 (see :func:`_add_hostile_files`).
     """
+    with _quiet_pydicom():
+        return _build_corpus(Path(dst), seed=seed, patients=patients, hostile=hostile)
+
+
+def _build_corpus(dst: Path, *, seed: int, patients: int, hostile: bool) -> Corpus:
+    """The work of :func:`build_corpus`, with pydicom quiet."""
     dst = Path(dst)
     if dst.exists() and any(dst.iterdir()):
         raise FileExistsError("corpus destination must be empty")
@@ -1256,8 +1278,5 @@ def _describe(src: Path, dst: Path, n: int) -> int:
 
 
 if __name__ == "__main__":
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pydicom's warnings about its own odd test files
+    with _quiet_pydicom():
         sys.exit(_main())

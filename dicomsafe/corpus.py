@@ -20,16 +20,19 @@ Also here: :func:`build_ct_series` and :func:`build_multiframe` (bulk data for b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import hashlib
+import io
 import json
 import logging
 import os
 import random
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pydicom
@@ -50,6 +53,7 @@ __all__ = [
     "build_multiframe",
     "describe_changes",
     "format_table",
+    "assert_no_planted",
     "find_planted",
     "match_outputs",
     "pydicom_test_files",
@@ -123,6 +127,16 @@ class Identity:
     @property
     def ssn_digits(self) -> str:
         return self.ssn.replace("-", "")
+
+    @property
+    def email(self) -> str:
+        return f"{self.given.lower()}.{self.family.lower()}@fakeshire.invalid"
+
+    @property
+    def birth_date_written(self) -> str:
+        """The birth date as a person writes it (DD/MM/YYYY), for free text."""
+        d = self.birth_date
+        return f"{d[6:8]}/{d[4:6]}/{d[0:4]}"
 
     @property
     def latin1_family(self) -> str:
@@ -502,7 +516,7 @@ def _sr_findings(who: Identity, target_class: str, target_sop: str) -> Dataset:
     ref.ReferencedSOPInstanceUID = target_sop
     image.ReferencedSOPSequence = [ref]
     deeper = item("CONTAINS", "TEXT", _code("121106", "DCM", "Comment"),
-                  TextValue=f"Discussed with {who.family}, phone {who.phone}.")
+                  TextValue=f"Discussed with {who.family} (born {who.birth_date_written}), phone {who.phone}.")
     sub = item("CONTAINS", "CONTAINER", _code("121064", "DCM", "Current Procedure Descriptions"),
                ContinuityOfContent="SEPARATE", ContentSequence=[deeper])
     box = item("CONTAINS", "CONTAINER", _code("121070", "DCM", "Findings"),
@@ -560,12 +574,33 @@ def _preamble(kind: str, who: Identity) -> bytes:
     return body[:128].ljust(128, b"\0")
 
 
-def build_corpus(dst: Path, *, seed: int = 0, patients: int = 3) -> Corpus:
+@contextlib.contextmanager
+def _quiet_pydicom() -> Iterator[None]:
+    """Silence pydicom's warnings and log lines about its own odd test files while we build."""
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def build_corpus(dst: Path, *, seed: int = 0, patients: int = 3, hostile: bool = False) -> Corpus:
     """Write the identified corpus under ``dst`` (created; must be empty or absent).
 
     Layout: ``dst/<Family>^<Given>_<PatientID>/<StudyDate>_<Mod>_<Accession>/<PatientID>_<Mod>_<n>.dcm``
-    plus stray files. See :class:`Corpus` for what is returned.
+    plus stray files. See :class:`Corpus` for what is returned. ``hostile=True`` adds the
+    file-system oddities of issue 9 (see :func:`_add_hostile_files`).
     """
+    with _quiet_pydicom():
+        return _build_corpus(Path(dst), seed=seed, patients=patients, hostile=hostile)
+
+
+def _build_corpus(dst: Path, *, seed: int, patients: int, hostile: bool) -> Corpus:
+    """The work of :func:`build_corpus`, with pydicom quiet."""
     dst = Path(dst)
     if dst.exists() and any(dst.iterdir()):
         raise FileExistsError("corpus destination must be empty")
@@ -591,6 +626,9 @@ def build_corpus(dst: Path, *, seed: int = 0, patients: int = 3) -> Corpus:
         planter.add("other_id", who.other_issuer)
         planter.add("request_id", who.requested_procedure_id)
         planter.add("physician", who.physician)
+        planter.add("email", who.email)
+        planter.add("name", who.family.upper())  # names in free text come in every case
+        planter.add("birth_date", who.birth_date_written)
 
     # Studies: plan entries round-robin over patients, plus one charset study per patient.
     counter = 0
@@ -681,6 +719,9 @@ def build_corpus(dst: Path, *, seed: int = 0, patients: int = 3) -> Corpus:
                     f"Pt {who.given} {who.family} MRN {who.patient_id} DOB {who.birth_date} "
                     f"ssn {who.ssn_digits}; call {who.phone}"
                 )
+                ds.AdditionalPatientHistory = (
+                    f"{who.family.upper()}, {who.given} (b. {who.birth_date_written}) prefers e-mail: {who.email}"
+                )
                 if charset_script:
                     # the non-Latin name in free text too (scrubbers must match decoded text)
                     spoken = groups[-1].replace("^", " ")
@@ -704,6 +745,8 @@ def build_corpus(dst: Path, *, seed: int = 0, patients: int = 3) -> Corpus:
                 elif counter % 3 == 0:
                     ds.preamble = _preamble("name", who)
                     extra.append("preamble-phi")
+                elif (ds.preamble or b"")[:4] in (b"II*\x00", b"MM\x00*"):
+                    extra.append("preamble-tiff")  # legitimate dual-personality TIFF header: keep it
                 else:
                     ds.preamble = bytes(128)
                 # structured reports and references -------------------------------------------
@@ -719,7 +762,6 @@ def build_corpus(dst: Path, *, seed: int = 0, patients: int = 3) -> Corpus:
                     ds.pop("PertinentOtherEvidenceSequence", None)
                     pending_refs.append((path, target, "ContentSequence/IMAGE/ReferencedSOPSequence"))
                     pending_refs.append((path, target, "CurrentRequestedProcedureEvidenceSequence"))
-                    ds.VerifyingObserverSequence = ds.get("VerifyingObserverSequence", [])
                 if "seg" in feats:
                     tcls, tuid, _ = sop_of[f"{key}/0/0"]
                     ref_series = ds.ReferencedSeriesSequence[0]
@@ -790,6 +832,8 @@ def build_corpus(dst: Path, *, seed: int = 0, patients: int = 3) -> Corpus:
     _put(empty, b"")
     corpus.expected[empty] = "skipped"
     corpus.features[empty] = ["empty"]
+    if hostile:
+        _add_hostile_files(corpus, written, seed)
 
     corpus.files = sorted(corpus.expected)
     for k in corpus.studies:
@@ -801,6 +845,71 @@ def build_corpus(dst: Path, *, seed: int = 0, patients: int = 3) -> Corpus:
     corpus.planted = [v for vs in planter.by_kind.values() for v in vs if not (v in seen or seen.add(v))]
     corpus.needles = {v: sorted(planter.needles[v]) for v in corpus.planted}
     return corpus
+
+
+def _add_hostile_files(corpus: Corpus, written: list[tuple[Path, Dataset, Identity]], seed: int) -> None:
+    """File-system oddities real archives contain (issue 9). Expected outcomes are proposals:
+
+    - valid DICOM under a name with spaces, and under a name with non-UTF-8 bytes and a newline
+      -> "written" (fresh SOP Instance UIDs, same series as their origin);
+    - an exact byte copy of a valid file elsewhere ("duplicate-exact") -> "skipped": the instance is
+      already written once and nothing is lost;
+    - a different file reusing another file's SOP Instance UID ("duplicate-conflict", it sorts
+      after the original) -> "quarantined": both cannot be written to the same output;
+    - a PDF with a .dcm name, and a DICOMDIR copied from pydicom -> "skipped";
+    - symlinks: to a file outside the tree (/dev/null), dangling, and a directory loop back to the
+      root; the file-like ones -> "skipped" (never followed out of the source). The loop is a
+      directory and so not in ``files``; it is listed in ``features`` under the link's path.
+    """
+    root = corpus.root
+    (path0, ds0, who0), (path1, ds1, who1) = written[0], written[2]
+    pdir = root / f"{who0.name}_{who0.patient_id}"
+
+    def rewrite(src_ds: Dataset, target: Path, tag: str, feats: list[str], sop: str | None = None) -> None:
+        ds = copy.deepcopy(src_ds)
+        new_sop = sop or make_uid(seed, "hostile-sop", tag)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = new_sop
+        if sop is not None:
+            ds.ImageComments = str(ds.ImageComments) + " (re-sent)"
+        else:
+            corpus.uids.append(new_sop)
+        _write(ds, target)
+        corpus.features[target] = feats
+        if sop is None:
+            corpus.expected[target] = "written"
+            corpus.studies[ds.StudyInstanceUID].append(target)
+            corpus.series[ds.SeriesInstanceUID].append(target)
+        else:
+            corpus.expected[target] = "quarantined"
+
+    rewrite(ds0, pdir / "Scans From CD" / "IM 0001.dcm", "spaces", ["name-with-spaces"])
+    odd = pdir / "Scans From CD" / os.fsdecode(b"IM\xff\xfe_0002\nsecond line.dcm")
+    rewrite(ds1, odd, "odd-bytes", ["name-non-utf8", "name-newline"])
+    dup = root / f"{who0.name}_{who0.patient_id}" / "zz-duplicates" / path0.name
+    _put(dup, path0.read_bytes())
+    corpus.expected[dup] = "skipped"
+    corpus.features[dup] = ["duplicate-exact"]
+    rewrite(ds0, pdir / "zz-duplicates" / f"resent_{path0.name}", "conflict", ["duplicate-conflict"],
+            sop=str(ds0.SOPInstanceUID))
+    pdf = pdir / "report.dcm"
+    _put(pdf, b"%PDF-1.4\n% fake report for " + who0.name.encode() + b"\n%%EOF\n")
+    corpus.expected[pdf] = "skipped"
+    corpus.features[pdf] = ["not-dicom", "pdf"]
+    dicomdir = get_testdata_file("DICOMDIR", download=False)
+    if dicomdir:
+        target = root / "DICOMDIR"
+        _put(target, Path(dicomdir).read_bytes())
+        corpus.expected[target] = "skipped"
+        corpus.features[target] = ["dicomdir"]
+    links = root / "links"
+    links.mkdir()
+    for name, to, feat in (("outside.dcm", os.devnull, "symlink-outside"),
+                           ("dangling.dcm", "no-such-file.dcm", "symlink-dangling")):
+        (links / name).symlink_to(to)
+        corpus.expected[links / name] = "skipped"
+        corpus.features[links / name] = [feat]
+    (links / "loop").symlink_to("..", target_is_directory=True)
+    corpus.features[links / "loop"] = ["symlink-loop"]
 
 
 def _put(path: Path, data: bytes) -> None:
@@ -825,17 +934,26 @@ def _bare_dataset_bytes(ds: Dataset) -> bytes:
 # ---------------------------------------------------------------------------------------------
 
 
-def find_planted(corpus: Corpus, root: Path, *, text: str | bytes | None = None) -> list[tuple[str, str]]:
+def find_planted(corpus: Corpus, root: Path | None = None, *, text: str | bytes | None = None) -> list[tuple[str, str]]:
     """Return (where, kind) for every planted value found under ``root`` (bytes and paths) or in
-    ``text``. ``where`` is a path relative to ``root`` (or "<text>"), never the value itself."""
+    ``text``. ``where`` is a path relative to ``root`` (or "<text>") with every planted value in
+    it replaced by ``<kind>``: the report itself never repeats a value."""
     kind_of = {v: k for k, vs in corpus.planted_by_kind.items() for v in vs}
+    by_length = sorted(kind_of, key=len, reverse=True)
+
+    def redact(where: str) -> str:
+        for v in by_length:
+            if v in where:
+                where = where.replace(v, f"<{kind_of[v]}>")
+        return where
+
     needles = [(n, kind_of[v]) for v, forms in corpus.needles.items() for n in forms]
     hits: list[tuple[str, str]] = []
     if text is not None:
         blob = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
         hits += [("<text>", k) for n, k in needles if n in blob]
-    root = Path(root)
-    if root.exists():
+    if root is not None and Path(root).exists():
+        root = Path(root)
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
             for name in sorted(dirnames) + sorted(filenames):
@@ -850,7 +968,20 @@ def find_planted(corpus: Corpus, root: Path, *, text: str | bytes | None = None)
                 rel = p.relative_to(root).as_posix()
                 data = p.read_bytes()
                 hits += [(rel, k) for n, k in needles if n in data]
-    return sorted(set(hits))
+    return sorted({(redact(w), k) for w, k in hits})
+
+
+def assert_no_planted(corpus: Corpus, root: Path | None = None, *, text: str | bytes | None = None) -> None:
+    """Fail (AssertionError) if any planted value is under ``root`` or in ``text``.
+
+    The message names where and which kind — never the value — so a failing test does not put
+    PHI into CI logs either (fake PHI, but the habit matters).
+    """
+    hits = find_planted(corpus, root, text=text)
+    if hits:
+        shown = "; ".join(f"{kind} in {where}" for where, kind in hits[:25])
+        more = f" (+{len(hits) - 25} more)" if len(hits) > 25 else ""
+        raise AssertionError(f"{len(hits)} planted value(s) found: {shown}{more}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1031,8 +1162,6 @@ def build_multiframe(dst: Path, size_bytes: int, *, rows: int = 512, cols: int =
     ds.preamble = bytes(128)
     path = dst if dst.suffix == ".dcm" else dst / f"{who.patient_id}_multiframe.dcm"
     path.parent.mkdir(parents=True, exist_ok=True)
-    import io
-
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)  # header only: no PixelData yet
     rng = np.random.default_rng(seed)
@@ -1087,7 +1216,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         c_ = build_corpus(args.dir, seed=args.seed, patients=args.patients)
         if args.manifest:
             args.manifest.parent.mkdir(parents=True, exist_ok=True)
-            args.manifest.write_text(json.dumps(c_.to_json(), indent=1, ensure_ascii=False))
+            args.manifest.write_text(json.dumps(c_.to_json(), indent=1))  # ASCII: file names may hold non-UTF-8 bytes
         counts = {k: len(c_.with_outcome(k)) for k in ("written", "quarantined", "skipped")}
         print(f"corpus: {len(c_.files)} files in {len(c_.studies)} studies of {len(c_.patients)} fake patients; "
               f"expected outcomes {counts}; {len(c_.planted)} planted values")
@@ -1098,10 +1227,12 @@ def _main(argv: Sequence[str] | None = None) -> int:
         corpus = Corpus.from_json(Path("."), json.loads(args.manifest.read_text()))
         hits = find_planted(corpus, args.tree)
         for t in args.text:
-            hits += [(f"{t.name}", k) for _, k in find_planted(corpus, Path("/nonexistent"), text=t.read_bytes())]
-        for where, kind in hits:
+            hits += [(f"{t.name}", k) for _, k in find_planted(corpus, None, text=t.read_bytes())]
+        for where, kind in hits[:50]:
             print(f"LEAK: planted {kind} value found in {where}")
-        print(f"planted values found: {len(hits)}")
+        if len(hits) > 50:
+            print(f"... and {len(hits) - 50} more")
+        print(f"planted values found: {len(hits)}" + ("" if hits else " (clean)"))
         return 1 if hits else 0
     if args.cmd == "ct":
         files = build_ct_series(args.dir, args.n, rows=args.size, cols=args.size, patients=args.patients)
@@ -1155,8 +1286,5 @@ def _describe(src: Path, dst: Path, n: int) -> int:
 
 
 if __name__ == "__main__":
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pydicom's warnings about its own odd test files
+    with _quiet_pydicom():
         sys.exit(_main())

@@ -37,10 +37,35 @@ def _build(path: Path, **kw) -> Corpus:
         return build_corpus(path, **kw)
 
 
+def _tree_state(root: Path) -> dict[str, str]:
+    return {
+        os.path.relpath(os.path.join(d, f), root): hashlib.sha256(Path(d, f).read_bytes()).hexdigest()
+        for d, _, files in os.walk(root)
+        for f in files
+    }
+
+
 @pytest.fixture(scope="session")
-def corpus(tmp_path_factory) -> Corpus:
-    """The identified corpus (seed 0, 3 patients). READ-ONLY: copy it before changing anything."""
-    return _build(tmp_path_factory.mktemp("corpus") / "identified", seed=0, patients=3)
+def corpus(tmp_path_factory):
+    """The identified corpus (seed 0, 3 patients). READ-ONLY: copy it before changing anything.
+
+    At the end of the session the tree is compared with its state after the build: any test or
+    tool that modified, added or removed a file under the source fails loudly here — a free,
+    suite-wide check of "inputs are never modified" (and of temp files left in a source tree).
+    """
+    c = _build(tmp_path_factory.mktemp("corpus") / "identified", seed=0, patients=3)
+    before = _tree_state(c.root)
+    yield c
+    after = _tree_state(c.root)
+    if after != before:
+        changed = sorted(k for k in before.keys() & after.keys() if before[k] != after[k])
+        added = sorted(after.keys() - before.keys())
+        removed = sorted(before.keys() - after.keys())
+        pytest.fail(
+            f"the shared corpus was changed during the session: {len(changed)} modified, "
+            f"{len(added)} added, {len(removed)} removed (files under the source tree must never change)",
+            pytrace=False,
+        )
 
 
 @pytest.fixture

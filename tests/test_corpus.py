@@ -15,6 +15,7 @@ import pytest
 
 from dicomsafe.corpus import (
     Corpus,
+    assert_no_planted,
     build_corpus,
     build_ct_series,
     build_multiframe,
@@ -93,7 +94,7 @@ def test_planted_values_are_long_unique_and_absent_from_pydicom_files(corpus, py
 def test_planted_kinds_cover_the_issue(corpus):
     kinds = set(corpus.planted_by_kind)
     assert {"name", "patient_id", "birth_date", "address", "phone", "ssn", "other_id", "request_id",
-            "physician", "accession", "institution", "name_nonlatin"} <= kinds
+            "physician", "accession", "institution", "name_nonlatin", "email"} <= kinds
 
 
 def test_phi_hides_where_the_issue_says(corpus):
@@ -206,7 +207,7 @@ def test_truncated_files_really_are_truncated(corpus):
 def test_coverage_of_modalities_and_encodings(corpus):
     feats = {f for fs in corpus.features.values() for f in fs}
     assert {"big-endian", "implicit-vr", "explicit-le", "jpeg", "jpeg2000", "rle", "deflate", "multiframe",
-            "sr", "rt", "seg", "ecg", "overlay", "palette", "ybr", "rgb", "polyglot-pe", "preamble-phi",
+            "sr", "rt", "seg", "ecg", "overlay", "palette", "ybr", "rgb", "polyglot-pe", "preamble-phi", "preamble-tiff",
             "trailing-padding", "no-meta", "truncated-header", "truncated-pixels", "not-dicom",
             "empty"} <= feats
     assert {"charset-ja", "charset-ko", "charset-zh", "charset-zh-utf8", "charset-ru", "charset-el",
@@ -262,9 +263,14 @@ def test_find_planted_sees_paths_bytes_and_text(corpus, tmp_path):
     (clean / "b.bin").write_bytes(b"..." + who.ssn.encode() + b"...")
     hits = find_planted(corpus, clean, text=f"log line about {who.family}")
     assert ("<text>", "name") in hits
-    assert any(w.endswith("(path)") and k == "patient_id" for w, k in hits)
+    assert ("<patient_id>.bin (path)", "patient_id") in hits  # the value itself is never repeated
     assert ("b.bin", "ssn") in hits
     assert all(who.family not in w for w, _ in hits if w != "<text>")
+    assert find_planted(corpus, None, text=b"clean") == []
+    with pytest.raises(AssertionError) as err:
+        assert_no_planted(corpus, clean, text=f"{who.given}")
+    assert "ssn in b.bin" in str(err.value) and who.ssn not in str(err.value) and who.given not in str(err.value)
+    assert_no_planted(corpus, tmp_path / "nothing-here", text="all clean")
 
 
 def test_describe_changes_and_match_outputs(corpus, tmp_path):
@@ -388,17 +394,20 @@ def test_pydicom_test_files_fixture(pydicom_test_files):
     assert len(pydicom_test_files) >= 90
 
 
-def test_corpus_command_line(tmp_path):
+def test_corpus_command_line(corpus, tmp_path):
     import json
     import subprocess
     import sys
 
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    # another process with another hash seed must still build the very same bytes
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), PYTHONHASHSEED="12345")
     run = lambda *a: subprocess.run([sys.executable, "-m", "dicomsafe.corpus", *map(str, a)],  # noqa: E731
                                     capture_output=True, text=True, env=env)
     r = run("build", tmp_path / "src", "--manifest", tmp_path / "m.json")
     assert r.returncode == 0, r.stderr
     manifest = json.loads((tmp_path / "m.json").read_text())
+    assert _tree(tmp_path / "src") == _tree(corpus.root)
+    assert manifest == json.loads(json.dumps(corpus.to_json()))
     assert "Traceback" not in r.stderr and not any(v in r.stdout + r.stderr for v in manifest["planted"])
     assert run("leaks", tmp_path / "m.json", tmp_path / "src").returncode == 1
     clean = tmp_path / "clean"
@@ -408,3 +417,29 @@ def test_corpus_command_line(tmp_path):
     shutil.copytree(tmp_path / "src", tmp_path / "copy")
     r = run("describe", tmp_path / "src", tmp_path / "copy", "-n", "3")
     assert r.returncode == 0 and r.stdout.count("PatientName") == 3
+
+
+def test_hostile_corpus_adds_file_system_oddities(tmp_path):
+    import json
+
+    c = build_corpus(tmp_path / "h", hostile=True)
+    feats = {f for fs in c.features.values() for f in fs}
+    assert {"name-with-spaces", "name-non-utf8", "name-newline", "duplicate-exact", "duplicate-conflict",
+            "dicomdir", "pdf", "symlink-outside", "symlink-dangling", "symlink-loop"} <= feats
+    (exact,) = c.with_feature("duplicate-exact")
+    (conflict,) = c.with_feature("duplicate-conflict")
+    origin = next(p for p in c.with_outcome("written") if p.read_bytes() == exact.read_bytes())
+    assert _read(conflict).SOPInstanceUID == _read(origin).SOPInstanceUID
+    assert conflict.read_bytes() != origin.read_bytes()
+    (odd,) = c.with_feature("name-non-utf8")
+    assert b"\xff" in os.fsencode(odd.name) and "\n" in odd.name
+    assert _read(odd).SOPInstanceUID in c.uids
+    for p in c.files:
+        if any(f.startswith("symlink") for f in c.features[p]):
+            assert p.is_symlink() and c.expected[p] == "skipped"
+    loop = next(p for p, f in c.features.items() if "symlink-loop" in f)
+    assert loop.is_symlink() and loop.resolve() == c.root.resolve()
+    # written files keep their grouping; the manifest survives non-UTF-8 names
+    assert sorted(p for ps in c.studies.values() for p in ps) == sorted(c.with_outcome("written"))
+    back = Corpus.from_json(c.root, json.loads(json.dumps(c.to_json())))
+    assert back.files == c.files and back.expected == c.expected

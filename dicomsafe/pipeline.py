@@ -29,6 +29,9 @@ from .profiles import Profile
 log = logging.getLogger(__name__)
 
 STATE_DIR = ".dicomsafe"
+#: Preamble signatures that make a file a polyglot executable or archive (CVE-2019-11687); TIFF
+#: and PDF headers are legitimate dual-format files, zeroed all the same but not alarming.
+EXECUTABLE_PREAMBLES = frozenset({"pe", "elf", "macho", "zip", "script", "archive"})
 DEFAULT_QUARANTINE = "dicomsafe-quarantine"
 
 
@@ -61,7 +64,8 @@ class Report:
     profile_hash: str = ""
     options: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=lambda: {"inputs": 0, "written": 0, "quarantined": 0, "skipped": 0})
-    preamble_threats: int = 0
+    preamble_threats: int = 0  # preambles with any foreign file signature (zeroed on output)
+    preamble_executables: int = 0  # of those, executables/archives/scripts: CVE-2019-11687 polyglots
     reasons: dict[str, int] = field(default_factory=dict)
     files: list[dict] = field(default_factory=list)
     started: float = 0.0
@@ -74,6 +78,8 @@ class Report:
         self.bytes_in += res.size
         if res.preamble_threat:
             self.preamble_threats += 1
+            if res.preamble_threat in EXECUTABLE_PREAMBLES:
+                self.preamble_executables += 1
         entry = {"id": res.file_id, "outcome": res.outcome, "reason": res.reason}
         if res.preamble_threat:
             entry["preamble"] = f"{res.preamble_threat} signature cleaned (CVE-2019-11687)"
@@ -89,7 +95,8 @@ class Report:
         text = (f"{c['inputs']} inputs: {c['written']} written, {c['quarantined']} quarantined, "
                 f"{c['skipped']} skipped (not DICOM) in {self.seconds:.1f} s ({rate:.1f} files/s)")
         if self.preamble_threats:
-            text += f"; {self.preamble_threats} polyglot preamble(s) cleaned (CVE-2019-11687)"
+            text += (f"; {self.preamble_threats} preamble(s) with a file signature zeroed, "
+                     f"{self.preamble_executables} of them executable/archive (CVE-2019-11687)")
         if self.reasons:
             text += "; reasons: " + ", ".join(f"{k} {v}" for k, v in sorted(self.reasons.items()))
         return text

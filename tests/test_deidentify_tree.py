@@ -48,6 +48,9 @@ def test_exit_code_and_accounting(run, corpus):
     assert len(report["files"]) == len(corpus.files)
     assert len(outputs(run["dst"])) == expected["written"]
     assert "Traceback" not in r.stderr
+    polyglots = [p for p in corpus.files if any(f.startswith("polyglot-") for f in corpus.features.get(p, []))]
+    assert polyglots and report["preamble_executables"] == len(polyglots)
+    assert "of them executable/archive (CVE-2019-11687)" in r.stderr
 
 
 def test_no_planted_value_anywhere(run, corpus):

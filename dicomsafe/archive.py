@@ -394,16 +394,6 @@ def sweep_temp_files(root: Path, subdirs: Iterable[str] | None = None) -> int:
     return removed
 
 
-def _check_layout(src: Path, dst: Path) -> None:
-    if not src.is_dir():
-        raise ConfigError("source directory not found")
-    s, d = src.resolve(), dst.resolve()
-    if d == s or d.is_relative_to(s):
-        raise ConfigError("destination must not be inside the source directory")
-    if s.is_relative_to(d):
-        raise ConfigError("source must not be inside the destination directory")
-
-
 def _secret_check(pseudo: Any) -> str:
     return pseudo.keyed_id("dicomsafe-ledger-check", "archive")
 
@@ -501,9 +491,9 @@ def archive_tree(
         import tempfile
 
         from .batchrun import run_deidentify
-        from .pipeline import RunSettings
+        from .pipeline import RunSettings, check_layout
 
-        _check_layout(Path(src), Path(dst))
+        check_layout(Path(src), Path(dst))
         q = Path(quarantine) if quarantine else Path.cwd() / "dicomsafe-quarantine"
         if q.resolve().is_relative_to(Path(dst).resolve()):
             raise ConfigError("quarantine must not be under the archive destination (it holds originals in clear)")
@@ -548,6 +538,7 @@ def _archive_tree(
 ) -> ArchiveReport:
     from .discover import discover, group_studies
     from .executors import UnitFailure, run_units
+    from .pipeline import check_layout
     from .pseudonyms import Pseudonymizer
 
     if fmt not in FORMAT_EXT:
@@ -555,7 +546,7 @@ def _archive_tree(
     if not recipients:
         raise ConfigError("no recipients: give -R RECIPIENTS_FILE (or recipients_file in --config)")
     src_p, dst_p = Path(src), Path(dst)
-    _check_layout(src_p, dst_p)
+    check_layout(src_p, dst_p)
     dst_p.mkdir(parents=True, exist_ok=True)
     pseudo = Pseudonymizer(secret)
     run_id = audit_mod.new_run_id()

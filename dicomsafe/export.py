@@ -123,20 +123,17 @@ def export_tree(
 ) -> ExportResult:
     """De-identify ``src``, verify, package and encrypt to ``dst/<export id>.<ext>``."""
     from .batchrun import run_deidentify
-    from .pipeline import RunSettings
+    from .pipeline import RunSettings, check_layout
 
     if fmt not in EXT:
         raise ConfigError("--format must be age or aes")
     if not recipients:
         raise ConfigError("no recipients: give -r RECIPIENT or -R FILE")
     src_p, dst_p = Path(src), Path(dst)
-    if not src_p.is_dir():
-        raise ConfigError("source directory not found")
+    check_layout(src_p, dst_p)
     q = Path(quarantine) if quarantine else Path.cwd() / "dicomsafe-quarantine"
     if q.resolve().is_relative_to(dst_p.resolve()):
         raise ConfigError("quarantine must not be under the export destination (it holds originals in clear)")
-    if dst_p.resolve().is_relative_to(src_p.resolve()):
-        raise ConfigError("destination must not be inside the source directory")
     dst_p.mkdir(parents=True, exist_ok=True)
     export_id = new_export_id()
     started = audit_mod.utc_now()

@@ -102,16 +102,23 @@ class Report:
         return text
 
 
-def check_paths(src: Path, dst: Path, quarantine: Path, review: Path | None = None) -> None:
-    """Refuse layouts that would lose or leak data: missing source, DST inside SRC (outputs would be
-    re-read as inputs), SRC inside DST, quarantine under DST (source paths are PHI)."""
+def check_layout(src: Path, dst: Path) -> None:
+    """Refuse a missing source, DST inside SRC (outputs would be re-read as inputs) and SRC inside
+    DST. Shared by every command that reads one tree and writes another."""
     if not src.is_dir():
         raise ConfigError("source directory not found")
-    s, d, q = src.resolve(), dst.resolve(), quarantine.resolve()
+    s, d = src.resolve(), dst.resolve()
     if d == s or d.is_relative_to(s):
         raise ConfigError("destination must not be inside the source directory")
     if s.is_relative_to(d):
         raise ConfigError("source must not be inside the destination directory")
+
+
+def check_paths(src: Path, dst: Path, quarantine: Path, review: Path | None = None) -> None:
+    """:func:`check_layout`, plus: quarantine and review pages never under DST (source paths and
+    "before" images are PHI)."""
+    check_layout(src, dst)
+    d, q = dst.resolve(), quarantine.resolve()
     if q.is_relative_to(d):
         raise ConfigError("quarantine must not be under the destination (it holds source paths)")
     if review is not None and review.resolve().is_relative_to(d):

@@ -50,3 +50,63 @@ def test_lazy_command_map_matches_the_registered_commands():
 
     load_all_commands()
     assert {n: c.callback.__module__.rsplit(".", 1)[1] for n, c in main.commands.items()} == COMMAND_MODULES
+
+
+# --- write-back and background writes (the encryption fast path) ----------------------------
+
+
+def _chunks(n: int, size: int = 64 * 1024) -> list[bytes]:
+    """Distinct chunks, so any reordering or loss changes the file."""
+    return [i.to_bytes(4, "big") * (size // 4) for i in range(n)]
+
+
+def test_atomic_writer_of_several_writeback_windows_keeps_every_byte(tmp_path):
+    from dicomsafe.fsutil import WRITEBACK_WINDOW
+
+    target = tmp_path / "big.bin"
+    chunks = _chunks((3 * WRITEBACK_WINDOW) // (64 * 1024) + 5)
+    with atomic_writer(target) as fh:
+        for c in chunks:
+            fh.write(c)
+    assert target.read_bytes() == b"".join(chunks)
+
+
+def test_background_writer_keeps_order_past_its_direct_start(tmp_path):
+    from dicomsafe.fsutil import background_writes
+
+    chunks = _chunks(200)  # 12.5 MiB: the first MiB direct, the rest through the thread
+    target = tmp_path / "out.bin"
+    with open(target, "wb") as fh, background_writes(fh) as out:
+        for c in chunks:
+            out.write(c)
+    assert target.read_bytes() == b"".join(chunks)
+
+
+def test_background_writer_hands_back_a_disk_full_error():
+    """/dev/full fails every write with ENOSPC: the producer must see it, not lose it."""
+    import errno
+    import threading
+
+    from dicomsafe.fsutil import background_writes
+
+    before = threading.active_count()
+    with pytest.raises(OSError) as info:
+        with open("/dev/full", "wb", buffering=0) as fh, background_writes(fh, start_after=0) as out:
+            for c in _chunks(100):
+                out.write(c)
+    assert info.value.errno == errno.ENOSPC
+    assert threading.active_count() == before  # the writer thread is gone
+
+
+def test_background_writer_stops_its_thread_when_the_producer_fails(tmp_path):
+    import threading
+
+    from dicomsafe.fsutil import background_writes
+
+    before = threading.active_count()
+    with pytest.raises(RuntimeError):
+        with open(tmp_path / "x", "wb") as fh, background_writes(fh, start_after=0) as out:
+            for c in _chunks(40):
+                out.write(c)
+            raise RuntimeError("producer failed")
+    assert threading.active_count() == before

@@ -19,6 +19,7 @@ from typing import IO, Protocol
 from cryptography.exceptions import InvalidTag
 
 from ..errors import IntegrityError
+from ..fsutil import background_writes
 
 #: Plaintext bytes per chunk (age v1: 64 KiB).
 CHUNK_SIZE = 64 * 1024
@@ -72,19 +73,22 @@ def encrypt(aead: AEAD, reader: IO[bytes], writer: IO[bytes]) -> int:
 
     One chunk of look-ahead tells us which chunk is the last one. An empty input becomes a
     single empty final chunk (the only case in which a final chunk may be empty).
+    Sealed chunks are written by a second thread (fsutil.BackgroundWriter) so large payloads
+    encrypt and write at the same time.
     """
     counter = 0
     total = 0
-    current = read_full(reader, CHUNK_SIZE)
-    while True:
-        nxt = read_full(reader, CHUNK_SIZE) if len(current) == CHUNK_SIZE else b""
-        last = not nxt
-        writer.write(aead.encrypt(chunk_nonce(counter, last), current, None))
-        total += len(current)
-        if last:
-            return total
-        counter += 1
-        current = nxt
+    with background_writes(writer) as out:
+        current = read_full(reader, CHUNK_SIZE)
+        while True:
+            nxt = read_full(reader, CHUNK_SIZE) if len(current) == CHUNK_SIZE else b""
+            last = not nxt
+            out.write(aead.encrypt(chunk_nonce(counter, last), current, None))
+            total += len(current)
+            if last:
+                return total
+            counter += 1
+            current = nxt
 
 
 def decrypt(aead: AEAD, reader: IO[bytes], writer: IO[bytes]) -> int:
@@ -95,6 +99,11 @@ def decrypt(aead: AEAD, reader: IO[bytes], writer: IO[bytes]) -> int:
     partial plaintext write to a temporary file (see dicomsafe.crypto.decrypt_file).
     Raises PayloadError on any tampering, truncation, reordering or trailing data.
     """
+    with background_writes(writer) as out:
+        return _decrypt_into(aead, reader, out)
+
+
+def _decrypt_into(aead: AEAD, reader: IO[bytes], writer) -> int:
     counter = 0
     total = 0
     while True:

@@ -75,7 +75,7 @@ def deid_unit(job: DeidJob, ctx: DeidCtx) -> list[tuple[Any, str | None, int]]:
     for res in results:
         digest, size = None, 0
         if res.outcome == "written" and res.staged:
-            digest, size = sha256_file(res.staged), os.stat(res.staged).st_size
+            digest, size = res.sha256 or sha256_file(res.staged), os.stat(res.staged).st_size
         out.append((res, digest, size))
     return out
 

@@ -19,7 +19,8 @@ from pydicom.sequence import Sequence
 
 from . import __version__, dicomio, text
 from . import verify as phi_verify
-from .errors import InputFileError
+from .errors import InputFileError, OutputError
+from .fsutil import sync_files
 from .profiles import Profile
 from .pseudonyms import Pseudonymizer
 from .rules import CID7050, Context, Plan, compile_plan
@@ -38,6 +39,7 @@ class FileResult:
     preamble_threat: str | None = None
     src_path: str | None = None  # operator side only: goes to the quarantine index, never to DST
     size: int = 0
+    sha256: str | None = None  # of the staged output, computed while writing it
     details: list[str] = field(default_factory=list)  # PHI-free finding paths/kinds
     pixel: Any = None  # PixelOutcome with before/after thumbnails, for the operator's review page
 
@@ -114,9 +116,17 @@ class Deidentifier:
         return phi_verify.PhiValues.union(harvests) if harvests else None
 
     def process_files(self, items: list[tuple[str | os.PathLike[str], str]], staging_dir: Path) -> list[FileResult]:
-        """De-identify the files of one work unit (a study, or part of one): ``(path, file_id)``."""
+        """De-identify the files of one work unit (a study, or part of one): ``(path, file_id)``.
+
+        Staged outputs are written without a per-file fsync; the unit's files are fsynced
+        together at the end (fsutil.sync_files), before any of them can be committed."""
         study = self.study_identity([p for p, _ in items])
-        return [self.process_file(p, staging_dir, fid, study=study) for p, fid in items]
+        results = [self.process_file(p, staging_dir, fid, study=study) for p, fid in items]
+        try:
+            sync_files(r.staged for r in results if r.outcome == "written" and r.staged)
+        except OSError as exc:
+            raise OutputError(f"cannot flush staged outputs to disk ({exc.strerror})") from None
+        return results
 
     def process_file(self, path: str | os.PathLike[str], staging_dir: Path, file_id: str,
                      study: Any = None) -> FileResult:
@@ -144,7 +154,7 @@ class Deidentifier:
                 raise InputFileError("transform-failed", f"could not de-identify ({type(exc).__name__})") from None
             pixel_ref = rr.pixel_ref
             pixel_ref = self._pixels(ds, rr, phi, res)
-            dicomio.write_dicom(ds, staged, pixel_ref=pixel_ref)
+            res.sha256 = dicomio.write_dicom(ds, staged, pixel_ref=pixel_ref, staged=True)
             if self.verify:
                 findings = _verify(staged, phi, self.ignore_kinds)
                 if findings:

@@ -14,7 +14,7 @@ import stat
 import tempfile
 import threading
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterable, Iterator
 
 from .errors import OutputError, SecretFileError
 
@@ -177,6 +177,48 @@ def background_writes(target: IO[bytes], **options: int) -> Iterator[BackgroundW
         writer.abort()
         raise
     writer.close()
+
+
+@contextlib.contextmanager
+def staging_writer(path: str | os.PathLike[str], mode: int = 0o600) -> Iterator[IO[bytes]]:
+    """Yield a file at ``path`` in a private staging directory, without fsync or rename.
+
+    Why a second writer: a de-identified output is written to staging, verified there, and only
+    then renamed into the output tree by the single writer; staging is wiped at the start of
+    every run, so a half-written staging file can never become an output and needs no temporary
+    name of its own. Durability is batched instead: :func:`sync_files` fsyncs a whole work unit
+    before its files are committed (the first fsync commits the file system journal for all of
+    them, the rest find nothing left to do), where one fsync per file cost ~0.6 ms each.
+    On any exception the partial file is removed. Write-back is started as the file closes.
+    """
+    target = Path(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target, flags, mode)
+    except OSError as exc:
+        raise OutputError(f"cannot create a file in the staging directory ({exc.strerror})") from None
+    try:
+        with io.BufferedWriter(io.FileIO(fd, "wb"), 1 << 16) as fh:
+            yield fh
+            fh.flush()
+            if _fadvise is not None:
+                with contextlib.suppress(OSError):
+                    _fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            target.unlink()
+        raise
+
+
+def sync_files(paths: Iterable[str | os.PathLike[str]]) -> None:
+    """fsync each file (see :func:`staging_writer`): their data is on disk when this returns."""
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:

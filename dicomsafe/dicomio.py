@@ -370,18 +370,103 @@ def sniff(path: str | os.PathLike[str]) -> str:
     what proves a file well formed. Raises InputFileError("unreadable") when the file cannot be
     opened or is not a regular file.
     """
+    return sniff_study(path)[0]
+
+
+def sniff_study(path: str | os.PathLike[str]) -> tuple[str, str | None]:
+    """:func:`sniff`, plus the StudyInstanceUID when the same 64 KiB show it plainly (see
+    :func:`peek_study_uid`); None means "not found this way, read the header"."""
     fh, st = _open_regular(path)
     with fh:
         if st.st_size == 0:
-            return "empty"
+            return "empty", None
         buf = _read_exact(fh, 65536)
     if not buf:
-        return "empty"
+        return "empty", None
     if len(buf) >= 132 and buf[128:132] == b"DICM":
         _, sop_class = _meta_sop_class(buf, 132)
-        return "dicomdir" if sop_class == DICOMDIR_SOP_CLASS else "dicom"
+        if sop_class == DICOMDIR_SOP_CLASS:
+            return "dicomdir", None
+        return "dicom", peek_study_uid(buf)
     verdict = _plausible_first_element(buf, st.st_size)
-    return verdict or "not-dicom"
+    return verdict or "not-dicom", None
+
+
+#: Transfer syntaxes whose dataset is not explicit VR little endian (the peek leaves them alone).
+_PEEK_REFUSED_TS = frozenset({"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"})
+_STUDY_UID_TAG = 0x0020000D
+
+
+def peek_study_uid(buf: bytes) -> str | None:
+    """The StudyInstanceUID of a Part 10 file's first bytes, by walking top-level element headers.
+
+    Why: grouping files into studies needs this one value from every file before any work can
+    start; the full header read (:func:`read_header`) costs ~0.45 ms per CT file, this walk a
+    tenth of that. It only handles the plain case: implicit or explicit VR little endian, only
+    defined lengths up to the UID, a UID of digits and dots within ``buf``. Anything else gives
+    None and the caller reads the header properly. Nothing here decides what is safe: every file
+    is read and checked in full by the worker that de-identifies it.
+    """
+    pos, ts = _meta_end_and_ts(buf)
+    if pos is None or ts is None or ts in _PEEK_REFUSED_TS:
+        return None
+    implicit = ts == "1.2.840.10008.1.2"
+    n = len(buf)
+    while pos + 8 <= n:
+        group, elem = struct.unpack_from("<HH", buf, pos)
+        tag = group << 16 | elem
+        if implicit:
+            length = struct.unpack_from("<L", buf, pos + 4)[0]
+            vpos = pos + 8
+        else:
+            vr = buf[pos + 4 : pos + 6]
+            if vr in _VR_LONG:
+                if pos + 12 > n:
+                    return None
+                length = struct.unpack_from("<L", buf, pos + 8)[0]
+                vpos = pos + 12
+            elif vr in _VR_SHORT:
+                length = struct.unpack_from("<H", buf, pos + 6)[0]
+                vpos = pos + 8
+            else:
+                return None
+        if length == _UNDEFINED or tag > _STUDY_UID_TAG:
+            return None
+        if tag == _STUDY_UID_TAG:
+            if vpos + length > n:
+                return None
+            value = buf[vpos : vpos + length].strip(b" \x00")
+            if not value or value.strip(b"0123456789."):
+                return None
+            return value.decode("ascii")
+        pos = vpos + length
+    return None
+
+
+def _meta_end_and_ts(buf: bytes) -> tuple[int | None, str | None]:
+    """(offset after group 0002, TransferSyntaxUID) of a Part 10 buffer, or (None, None)."""
+    pos, ts = 132, None
+    while pos + 8 <= len(buf):
+        group, elem = struct.unpack_from("<HH", buf, pos)
+        if group != 0x0002:
+            return pos, ts
+        vr = buf[pos + 4 : pos + 6]
+        if vr in _VR_LONG:
+            if pos + 12 > len(buf):
+                return None, None
+            length = struct.unpack_from("<L", buf, pos + 8)[0]
+            vpos = pos + 12
+        elif vr in _VR_SHORT:
+            length = struct.unpack_from("<H", buf, pos + 6)[0]
+            vpos = pos + 8
+        else:
+            return None, None
+        if length == _UNDEFINED or vpos + length > len(buf):
+            return None, None
+        if elem == 0x0010:
+            ts = buf[vpos : vpos + length].rstrip(b"\x00 ").decode("ascii", "replace")
+        pos = vpos + length
+    return None, None
 
 
 # --------------------------------------------------------------------------------------------

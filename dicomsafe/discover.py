@@ -280,6 +280,21 @@ def classify(sf: SourceFile) -> str:
         return UNREADABLE
 
 
+def classify_study(sf: SourceFile) -> tuple[str, str]:
+    """(class, StudyInstanceUID) of one file: :func:`classify` and :func:`study_uid_of` from one
+    read of its first 64 KiB when the UID shows there plainly (dicomio.peek_study_uid), with the
+    full header read only for the rest. The study is "" for anything but readable DICOM."""
+    if not sf.regular:
+        return UNREADABLE, NO_STUDY
+    try:
+        kind, uid = dicomio.sniff_study(sf.path)
+    except InputFileError:
+        return UNREADABLE, NO_STUDY
+    if kind != DICOM:
+        return kind, NO_STUDY
+    return kind, uid if uid is not None else study_uid_of(sf)
+
+
 def study_uid_of(sf: SourceFile) -> str:
     """StudyInstanceUID from the header, or "" when the file cannot be read or has none."""
     try:
@@ -311,12 +326,8 @@ def group_studies(
     by_study: dict[str, list[SourceFile]] = {}
     others: list[tuple[SourceFile, str]] = []
     for sf in files:
-        kind = classify(sf)
-        if kind == DICOM:
-            uid = study_uid_of(sf)
-        elif kind == UNREADABLE:
-            uid = NO_STUDY
-        else:
+        kind, uid = classify_study(sf)
+        if kind not in (DICOM, UNREADABLE):
             others.append((sf, kind))
             continue
         by_study.setdefault(uid, []).append(sf)

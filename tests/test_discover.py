@@ -248,14 +248,19 @@ def test_classify(tree: Path) -> None:
 
 def test_group_studies_by_uid_not_folder(tree: Path) -> None:
     shutil.copytree(TEST_DICOMDIR, tree / "dd")
+    (tree / "c" / "cut.dcm").write_bytes(tf("CT_small.dcm").read_bytes()[:400])  # ends before the UID
     files = list(discover(tree))
     units, others = group_studies(files)
     ct_uid = pydicom.dcmread(tf("CT_small.dcm")).StudyInstanceUID
     mr_uid = pydicom.dcmread(tf("MR_small.dcm")).StudyInstanceUID
+    plan_uid = pydicom.dcmread(tf("rtplan.dcm")).StudyInstanceUID
     by_uid = {u.study_uid: rels(u.files) for u in units}
     assert by_uid[ct_uid] == ["a/CT_small.dcm"]
     assert by_uid[mr_uid] == ["a/MR_small.dcm", "b/MR copy.dcm"]  # two folders, one study
-    assert by_uid[""] == ["c/rtplan_truncated.dcm"]
+    # a truncated file is grouped by the UID its first bytes show (its worker quarantines it);
+    # one cut before the UID joins the "unknown study" unit
+    assert by_uid[plan_uid] == ["c/rtplan_truncated.dcm"]
+    assert by_uid[""] == ["c/cut.dcm"]
     assert units[-1].study_uid == ""  # the "unknown study" unit comes last
     assert [u.study_uid for u in units[:-1]] == sorted(u.study_uid for u in units[:-1])
     kinds = {f.relpath: k for f, k in others}
@@ -294,3 +299,48 @@ def test_empty_tree(tmp_path: Path) -> None:
 
 
 TEST_DICOMDIR = Path(get_testdata_file("CT_small.dcm")).parent / "dicomdirtests"
+
+
+def test_peeked_study_uid_agrees_with_the_header_read(tmp_path):
+    """The 64 KiB peek either finds the very StudyInstanceUID the full header read finds, or
+    declines (None) — for every bundled pydicom file and a fake-PHI corpus. (Where the full read
+    fails, a truncated file, the peek may still see the UID: the file is grouped with its study
+    and quarantined by the worker's full read.)"""
+    from pydicom.data import get_testdata_file
+
+    from dicomsafe import dicomio
+    from dicomsafe.corpus import build_ct_series
+    from dicomsafe.discover import SourceFile, classify_study, study_uid_of
+
+    bundled = sorted(p for p in Path(get_testdata_file("CT_small.dcm", download=False)).parent.iterdir()
+                     if p.is_file())
+    built = build_ct_series(tmp_path / "ct", 6, rows=16, cols=16, patients=2)
+    peeked = declined = 0
+    for path in bundled + built:
+        sf = next(iter(discover_one(path)))
+        try:
+            kind, uid = dicomio.sniff_study(path)
+        except Exception:  # noqa: BLE001 - unreadable files are classified elsewhere
+            continue
+        if kind != "dicom":
+            assert uid is None
+            continue
+        full = study_uid_of(sf)
+        if uid is None:
+            declined += 1
+            assert classify_study(sf) == (kind, full), path.name
+        elif full:
+            peeked += 1
+            assert uid == full, path.name
+            assert classify_study(sf) == (kind, full), path.name
+        else:
+            assert path.name in {"MR_truncated.dcm", "rtplan_truncated.dcm"}
+    assert peeked >= 40 and declined >= 1
+    assert all(dicomio.sniff_study(p)[1] is not None for p in built)
+
+
+def discover_one(path):
+    """SourceFile records for one file (through the real discovery walk of its folder)."""
+    from dicomsafe.discover import discover
+
+    return [sf for sf in discover(path.parent) if Path(sf.path) == path]

@@ -34,8 +34,10 @@ from pathlib import Path
 
 import pydicom
 from pydicom.charset import convert_encodings
-from pydicom.datadict import dictionary_has_tag, keyword_for_tag
+from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+import pydicom.hooks
 from pydicom.tag import Tag
 
 from . import text as _t
@@ -272,14 +274,13 @@ class PhiValues:
         return got
 
     def _select(self, kinds: frozenset[str], min_len: int, single_tokens: bool = True) -> dict[str, str]:
+        """Searchable value → kind for ``kinds``. The per-value tests are memoised per value set
+        (:func:`_searchable_values`): a new PhiValues per file repeats the patient's values."""
         out: dict[str, str] = {}
         for kind, vals in self.values_by_kind().items():
             if kind in kinds:
-                for v in vals:
-                    if not single_tokens and kind in _NAME_KINDS and _is_single_token(v):
-                        continue
-                    if _searchable(v, kind, min_len):
-                        out.setdefault(v, kind)
+                for v in _searchable_values(vals, kind, min_len, single_tokens):
+                    out.setdefault(v, kind)
         return out
 
     def str_matcher(self, kinds: Iterable[str], min_len: int = 2,
@@ -379,6 +380,19 @@ _SEP_RE = re.compile(r"[\s^,.=]")
 
 def _is_single_token(v: str) -> bool:
     return not _SEP_RE.search(v) and not _t.is_unbounded(v)
+
+
+@functools.lru_cache(maxsize=4096)
+def _searchable_values(vals: frozenset[str], kind: str, min_len: int, single_tokens: bool) -> tuple[str, ...]:
+    """The values of one kind worth searching (see :func:`_searchable`), in ``vals`` order.
+
+    Cached on the value set: the engine harvests every file afresh, but a patient's names, ids and
+    birth date are the same in each, and the regex-based tests below cost more than the search.
+    ``single_tokens=False`` drops one-word name tokens (see :meth:`PhiValues.str_matcher`).
+    """
+    return tuple(v for v in vals
+                 if (single_tokens or kind not in _NAME_KINDS or not _is_single_token(v))
+                 and _searchable(v, kind, min_len))
 
 
 def _searchable(v: str, kind: str, min_len: int) -> bool:
@@ -819,6 +833,40 @@ def _elem_text(elem, raw: bool) -> str:
     return str(val)
 
 
+def _default_conversion() -> bool:
+    """Whether pydicom converts raw elements the stock way (no callback, default hooks), so
+    :func:`_vr_once_converted` can predict the VR a conversion gives."""
+    return (pydicom.config.data_element_callback is None
+            and pydicom.hooks.hooks.raw_element_vr is pydicom.hooks.raw_element_vr)
+
+
+def _vr_once_converted(raw) -> str | None:
+    """The VR ``ds[tag]`` will give this element, when it is certain without converting; else None.
+
+    Why: converting is most of the dataset search's cost, and a third of the elements have a VR
+    the search skips (US, DS, FD …). pydicom's default VR hook keeps an explicit VR other than UN
+    and looks an implicit one up in the dictionary (ambiguous ones, "US or SS", are never in
+    ``_SKIP_VRS``). UN (may be replaced by the dictionary's VR, or a private creator's) and
+    deferred values are left to the real conversion.
+
+    A conversion can still fail (a US value of odd length, "Smith" as a DS): pydicom then raises
+    (the element is searched raw, as UN) or, with ``convert_wrong_length_to_UN``, turns it into a
+    UN holding the raw bytes (searched the same way, with fewer values for a coded keyword). So a
+    caller skips such an element only when the search of its raw bytes as UN finds nothing.
+    """
+    if isinstance(raw, DataElement):
+        return raw.VR  # converted already: ds[tag] returns it as is
+    if raw.value is None:
+        return None
+    vr = raw.VR
+    if vr is None:
+        try:
+            return dictionary_VR(raw.tag)
+        except KeyError:
+            return None
+    return None if vr == "UN" else vr
+
+
 def find_in_dataset(ds: Dataset, phi: PhiValues | None, *, ignore_kinds: Iterable[str] = frozenset(),
                     name_heuristic: bool | None = None, _trailing: frozenset[int] = frozenset()) -> list[Finding]:
     """Search every element of ``ds`` at any depth, private blocks and the file meta.
@@ -843,6 +891,9 @@ def find_in_dataset(ds: Dataset, phi: PhiValues | None, *, ignore_kinds: Iterabl
             raw = d.get_item(tag, keep_deferred=True)
             if getattr(raw, "value", b"") is None and getattr(raw, "VR", None) in _BIG_BINARY_VRS:
                 continue  # a deferred binary blob (> 2 MB): the byte layer searches it in place
+            if shortcut and _vr_once_converted(raw) in _SKIP_VRS and (
+                    isinstance(raw, DataElement) or not search(_elem_text(raw, raw=True), "UN", "", tag, "")):
+                continue  # skipped once converted, and nothing to find if the conversion fails
             tag, elem, converted = _convert(d, tag)
             vr = getattr(elem, "VR", None) or "UN"
             path = prefix + _tag_label(tag, getattr(elem, "keyword", None) if converted else None)
@@ -857,13 +908,19 @@ def find_in_dataset(ds: Dataset, phi: PhiValues | None, *, ignore_kinds: Iterabl
                 continue
             if converted and vr in _SKIP_VRS:
                 continue
-            text = _elem_text(elem, raw=not converted)
-            if tag == 0x00100030 and text.strip() and "birth-date" in kinds:
-                out.append(Finding(path, "birth-date"))  # PS3.15: Z in every profile, no option keeps it
             search_vr = vr if converted else "UN"
             kw = (getattr(elem, "keyword", "") or "") if converted else ""
-            out.extend(_search_text(text, search_vr, path, phi, kinds, heuristic, kw, pseudonyms, tag))
+            out.extend(search(_elem_text(elem, raw=not converted), search_vr, path, tag, kw))
 
+    def search(text: str, vr: str, path: str, tag: int, kw: str) -> list[Finding]:
+        """Findings in one element's text, searched as ``vr``."""
+        found = []
+        if tag == 0x00100030 and text.strip() and "birth-date" in kinds:
+            found.append(Finding(path, "birth-date"))  # PS3.15: Z in every profile, no option keeps it
+        found.extend(_search_text(text, vr, path, phi, kinds, heuristic, kw, pseudonyms, tag))
+        return found
+
+    shortcut = _default_conversion()
     meta = getattr(ds, "file_meta", None)
     if meta is not None:
         walk(meta, "file-meta ", 0)

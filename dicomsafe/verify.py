@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pydicom
 from pydicom.charset import convert_encodings
-from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag
+from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 import pydicom.hooks
@@ -108,6 +108,8 @@ _KW_KIND = {
     },
     **{k: "other" for k in ("ResponsibleOrganization", "MilitaryRank", "BranchOfService")},
 }
+#: The tags of the keywords above: elements harvested by keyword whatever their VR.
+_KW_KIND_TAGS = frozenset(tag_for_keyword(k) for k in _KW_KIND)
 #: UI attributes naming a class, a syntax, a coding scheme or a piece of software: shared by
 #: everyone, never PHI.
 _CLASS_UID_SUFFIXES = ("ClassUID", "TransferSyntaxUID", "SchemeUID", "ContextUID", "ImplementationClassUID",
@@ -478,8 +480,12 @@ def _norm(value: str) -> str:
     return " ".join(value.replace("\x00", " ").split()).lower()
 
 
-def _name_forms(pn: str) -> tuple[set[str], set[str]]:
+@functools.lru_cache(maxsize=4096)
+def _name_forms(pn: str) -> tuple[frozenset[str], frozenset[str]]:
     """(full-name forms, tokens) of one PN value, lower-cased.
+
+    Cached: the engine harvests every file, and each file of a patient repeats the same names,
+    whose forms (dozens, accent-folded) cost more than the rest of the harvest.
 
     A PN is ``family^given^middle^prefix^suffix`` per component group (alphabetic, ideographic,
     phonetic, separated by ``=``). Prefixes and suffixes ("Dr", "Jr") are not identifying and are
@@ -524,7 +530,18 @@ def _name_forms(pn: str) -> tuple[set[str], set[str]]:
     # People drop accents when they type a name into a report ("Qörvtrudeck" → "Qorvtrudeck").
     full |= {_fold(f) for f in full}
     tokens |= {_fold(t) for t in tokens if _fold(t) not in _t.STOP_TOKENS}
-    return full, tokens
+    return frozenset(full), frozenset(tokens)
+
+
+@functools.lru_cache(maxsize=16384)
+def _is_dummy_short(value: str) -> bool:
+    return _t.is_dummy(value)
+
+
+def _is_dummy(value: str) -> bool:
+    """:func:`dicomsafe.text.is_dummy`, memoised for short values: the harvest asks it of every
+    value and every harvested string of every file, mostly the same ones again."""
+    return _is_dummy_short(value) if len(value) <= 128 else _t.is_dummy(value)
 
 
 def _fold(value: str) -> str:
@@ -589,11 +606,21 @@ def _convert(ds: Dataset, tag: int) -> tuple[int, object, bool]:
         return tag, ds.get_item(tag), False
 
 
-def _safe_elements(ds: Dataset) -> Iterator[tuple[int, object, bool]]:
-    """(tag, element, converted) for every top-level element; pixel data is never converted."""
+def _safe_elements(ds: Dataset, shortcut: bool = False) -> Iterator[tuple[int, object, bool]]:
+    """(tag, element, converted) for every top-level element; pixel data is never converted.
+
+    ``shortcut`` leaves out, unconverted, the elements :func:`harvest` would ignore anyway:
+    a VR it never harvests (US, DS, FD …, known without converting, see
+    :func:`_vr_once_converted`) on a tag that is neither SpecificCharacterSet nor one of the
+    keyword-harvested ids, addresses, phones (``_KW_KIND``). Should the conversion fail or give
+    raw bytes (wrong-length-to-UN), the harvest takes nothing from the element either.
+    """
     for tag in list(ds.keys()):
         if tag in _PIXEL_TAGS:
             yield tag, ds.get_item(tag), False
+            continue
+        if (shortcut and tag != 0x00080005 and tag not in _KW_KIND_TAGS
+                and _vr_once_converted(ds.get_item(tag, keep_deferred=True)) in _SKIP_VRS):
             continue
         yield _convert(ds, tag)
 
@@ -625,7 +652,7 @@ def harvest(ds: Dataset) -> PhiValues:
     def walk(d: Dataset, depth: int) -> None:
         if depth > 32:
             return
-        for tag, elem, converted in _safe_elements(d):
+        for tag, elem, converted in _safe_elements(d, shortcut):
             if not converted:
                 continue
             vr = elem.VR
@@ -638,7 +665,7 @@ def harvest(ds: Dataset) -> PhiValues:
             if tag == 0x00080005:
                 add_enc(elem.value)
                 continue
-            values = [v for v in _iter_values(elem) if v.strip() and not _t.is_dummy(v)]
+            values = [v for v in _iter_values(elem) if v.strip() and not _is_dummy(v)]
             if not values:
                 continue
             if vr == "PN":
@@ -691,6 +718,7 @@ def harvest(ds: Dataset) -> PhiValues:
                 else:
                     acc["other"].add(n)
 
+    shortcut = _default_conversion()
     software_uids: set[str] = set()
     if getattr(ds, "file_meta", None) is not None:
         sop = ds.file_meta.get("MediaStorageSOPInstanceUID")
@@ -710,7 +738,7 @@ def harvest(ds: Dataset) -> PhiValues:
     for f in ("institution", "device", "other"):
         acc[f] = {v for v in acc[f] if v not in vendor}
     for f in acc:
-        acc[f] = {v for v in acc[f] if v and not _t.is_dummy(v)}
+        acc[f] = {v for v in acc[f] if v and not _is_dummy(v)}
     return PhiValues(**{f: frozenset(v) for f, v in acc.items()}, encodings=tuple(encs))
 
 
@@ -849,22 +877,26 @@ def _vr_once_converted(raw) -> str | None:
     ``_SKIP_VRS``). UN (may be replaced by the dictionary's VR, or a private creator's) and
     deferred values are left to the real conversion.
 
-    A conversion can still fail (a US value of odd length, "Smith" as a DS): pydicom then raises
-    (the element is searched raw, as UN) or, with ``convert_wrong_length_to_UN``, turns it into a
-    UN holding the raw bytes (searched the same way, with fewer values for a coded keyword). So a
-    caller skips such an element only when the search of its raw bytes as UN finds nothing.
+    A conversion can still fail (a US value of odd length, text in an FD): pydicom then raises
+    (the element is searched raw, as UN) or, with ``convert_wrong_length_to_UN``, makes it a UN
+    that DataElement turns back into the *dictionary's* VR, raw bytes as value. So an explicit VR
+    counts only when the dictionary agrees (or does not know the tag), and a caller skips an
+    element only when a search of its raw bytes as UN finds nothing.
     """
     if isinstance(raw, DataElement):
         return raw.VR  # converted already: ds[tag] returns it as is
     if raw.value is None:
         return None
     vr = raw.VR
+    try:
+        known = dictionary_VR(raw.tag)
+    except KeyError:
+        known = None
     if vr is None:
-        try:
-            return dictionary_VR(raw.tag)
-        except KeyError:
-            return None
-    return None if vr == "UN" else vr
+        return known
+    if vr == "UN" or (known is not None and known != vr):
+        return None
+    return vr
 
 
 def find_in_dataset(ds: Dataset, phi: PhiValues | None, *, ignore_kinds: Iterable[str] = frozenset(),

@@ -176,6 +176,10 @@ _MALFORMED = [
     (0x00181150, "IS", b"2.5 "),            # ExposureTime: a DS-shaped IS (fails as IS)
     (0x00280010, "US", b"123-45-6789"),     # Rows: 11 bytes, not a multiple of 2
     (0x00280011, "US", b"SSN 123456789"),   # Columns: a bare SSN by its label (bytes layer: no)
+    (0x00081070, "US", b"ROE^JANE^Q"),      # OperatorsName (PN) written as a 10-byte US: converts
+    (0x00081060, "US", b"ROE^JANE^QQ"),     # NameOfPhysiciansReadingStudy (PN) as an 11-byte US
+    (0x00080080, "DS", b"Springfield General"),  # InstitutionName as DS: still harvested by keyword
+    (0x00181000, "IS", b"SN-99887"),        # DeviceSerialNumber as IS
     (0x00189306, "FD", b"jane@roe.org"),    # a 12-byte FD: e-mail, wrong length
     (0x00280034, "IS", b"ROE^JANE"),        # PixelAspectRatio: IS text converts (kept as str)
     (0x00080030, "TM", b"SMITH"),           # StudyTime: TM text is kept as a string
@@ -210,10 +214,16 @@ def test_malformed_numeric_values(explicit, to_un, identity, tmp_path, monkeypat
     monkeypatch.setattr(pydicom.config, "convert_wrong_length_to_UN", to_un)
     p = tmp_path / "m.dcm"
     _malformed_file(p, explicit)
-    for h_new, h_old in [identity, (None, None)]:
+    own = _harvests(*_read(p))
+    assert "springfield general" in own[0].institution
+    for h_new, h_old in [identity, (None, None), own]:
         _compare_all(p, [(h_new, h_old)])
     found = new.verify_file(p, None)
     # A bare SSN by its label in a US of odd length: only the dataset layer's raw search of an
     # unconvertible element reports it (with wrong-length-to-UN pydicom keeps it as US bytes,
     # skipped like any US) — so this test fails if that search is ever skipped.
     assert (new.Finding("(0028,0011) Columns", "ssn") in found) is not to_un
+    # With wrong-length-to-UN, an odd-length "US" on a PN tag becomes a PN of raw bytes, and the
+    # name heuristic (dataset layer only) reports it (implicit VR: a PN anyway).
+    reading = new.Finding("(0008,1060) NameOfPhysiciansReadingStudy", "person-name")
+    assert (reading in found) is (to_un or not explicit)

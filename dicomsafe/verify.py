@@ -147,6 +147,7 @@ _SAMPLE_TAGS = _PIXEL_TAGS | frozenset({0x54001010, 0x56000020, 0x56000010})
 def _is_sample_tag(tag: int) -> bool:
     return tag in _SAMPLE_TAGS or ((tag >> 16) & 0xFF01 == 0x6000 and tag & 0xFFFF == 0x3000)
 _LONG_HDR_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UT", b"UN", b"UC", b"UR", b"SV", b"UV"})
+_LONG_HDR_VR_NAMES = frozenset(v.decode() for v in _LONG_HDR_VRS)
 _VALID_VRS = frozenset(
     "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split()
 )
@@ -275,37 +276,42 @@ class PhiValues:
             self._cache["by_kind"] = got
         return got
 
-    def _select(self, kinds: frozenset[str], min_len: int, single_tokens: bool = True) -> dict[str, str]:
-        """Searchable value → kind for ``kinds``. The per-value tests are memoised per value set
-        (:func:`_searchable_values`): a new PhiValues per file repeats the patient's values."""
-        out: dict[str, str] = {}
-        for kind, vals in self.values_by_kind().items():
-            if kind in kinds:
-                for v in _searchable_values(vals, kind, min_len, single_tokens):
-                    out.setdefault(v, kind)
-        return out
+    def _kind_groups(self, kinds: frozenset[str]) -> tuple[tuple, frozenset[str], tuple]:
+        """((kind, values) of the selected kinds ranked before "uid"), the UIDs, (… after "uid")).
+
+        The two groups are the same for every file of a patient, the UIDs new in each: matchers
+        are built from the groups once (:func:`_str_rest`, :func:`_bytes_part`), and only the
+        UID part per file. Keeping "before" and "after" apart preserves which kind a casefolded
+        value maps to when two kinds collide (the later one, as one lookup in rank order has it).
+        """
+        by_kind = self.values_by_kind()
+        before = tuple((k, by_kind[k]) for k in HARVEST_KINDS[:_UID_RANK] if k in kinds)
+        after = tuple((k, by_kind[k]) for k in HARVEST_KINDS[_UID_RANK + 1:] if k in kinds)
+        return before, (by_kind["uid"] if "uid" in kinds else frozenset()), after
 
     def str_matcher(self, kinds: Iterable[str], min_len: int = 2,
                     single_tokens: bool = True) -> tuple[tuple[re.Pattern[str], ...], dict[str, str]]:
         """(regexes, casefolded value → finding kind) for decoded text; compiled once, cached.
 
         Two regexes: the instance UIDs (new in every file) apart from everything else (the same
-        for every file of a patient), so the larger one is compiled once per patient, not per file.
+        for every file of a patient), so the larger one is built once per patient, not per file.
         ``single_tokens=False`` leaves out one-word name tokens (full-name forms stay): used on
         coded vocabulary, where a surname such as "Long" or "Mass" is an ordinary code meaning.
+        Callers must not mutate the lookup: it may be shared with other PhiValues.
         """
         kinds = frozenset(kinds)
         key = ("str", kinds, min_len, single_tokens)
         got = self._cache.get(key)
         if got is None:
-            selected = self._select(kinds, min_len, single_tokens)
-            # keyed by casefold: the regex matches case-insensitively ("ΣΟΦΙΑΣ" vs "σοφιας"),
-            # and str.lower() does not map every such match back (final sigma, dotted I)
-            lookup = {v.casefold(): k for v, k in selected.items()}
-            parts = (frozenset(v for v, k in selected.items() if k != "uid"),
-                     frozenset(v for v, k in selected.items() if k == "uid"))
-            rxs = tuple(rx for rx in map(_t.compile_str_literals, parts) if rx is not None)
-            got = (rxs, lookup)
+            before, uids, after = self._kind_groups(kinds)
+            rx_rest, lk_before, lk_after, lookup = _str_rest(before, after, min_len, single_tokens)
+            uid_values = _searchable_values(uids, "uid", min_len, single_tokens)
+            if uid_values:
+                # keyed by casefold: the regex matches case-insensitively ("ΣΟΦΙΑΣ" vs "σοφιας"),
+                # and str.lower() does not map every such match back (final sigma, dotted I)
+                lookup = {**lk_before, **{v.casefold(): "uid" for v in uid_values}, **lk_after}
+            rx_uid = _t.compile_str_literals(frozenset(uid_values))
+            got = (tuple(rx for rx in (rx_rest, rx_uid) if rx is not None), lookup)
             self._cache[key] = got
         return got
 
@@ -331,24 +337,57 @@ class PhiValues:
         key = ("bytes", kinds)
         got = self._cache.get(key)
         if got is None:
-            selected = self._select(kinds, 2)
+            before, uids, after = self._kind_groups(kinds)
             encodings = tuple(_byte_encodings(self.encodings))
-            rest = frozenset((v, k) for v, k in selected.items() if k != "uid")
-            uids = frozenset((v, k) for v, k in selected.items() if k == "uid")
-            rx_rest, lk_rest = _bytes_part(rest, encodings)
-            rx_uid, lk_uid = _bytes_part(uids, encodings) if uids else (None, {})
-            lookup = {**lk_uid, **lk_rest}
-            longest = max((len(b) for b in lookup), default=0)
+            rest = _bytes_rest_values(before + after)
+            uid_pairs = frozenset((v, "uid") for v in _searchable_values(uids, "uid", 2, True))
+            rx_rest, lk_rest, longest = _bytes_part(rest, encodings)
+            if uid_pairs:
+                rx_uid, lk_uid, longest_uid = _bytes_part(uid_pairs, encodings)
+                lookup = {**lk_uid, **lk_rest}
+                longest = max(longest, longest_uid)
+            else:
+                rx_uid, lookup = None, lk_rest
             got = (tuple(rx for rx in (rx_rest, rx_uid) if rx is not None), lookup, longest)
             self._cache[key] = got
         return got
 
 
+_UID_RANK = HARVEST_KINDS.index("uid")
+
+
+def _select(groups: tuple[tuple[str, frozenset[str]], ...], min_len: int, single_tokens: bool) -> dict[str, str]:
+    """Searchable value → kind over (kind, values) groups, in rank order."""
+    out: dict[str, str] = {}
+    for kind, vals in groups:
+        for v in _searchable_values(vals, kind, min_len, single_tokens):
+            out.setdefault(v, kind)
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _str_rest(before: tuple, after: tuple, min_len: int, single_tokens: bool
+              ) -> tuple[re.Pattern[str] | None, dict[str, str], dict[str, str], dict[str, str]]:
+    """The non-UID part of a text matcher: (regex, lookup of the kinds before "uid", of those
+    after, of both). Cached on the value sets, so a patient's files share it; callers must not
+    mutate the dicts."""
+    lk_before = {v.casefold(): k for v, k in _select(before, min_len, single_tokens).items()}
+    lk_after = {v.casefold(): k for v, k in _select(after, min_len, single_tokens).items()}
+    values = frozenset(_select(before + after, min_len, single_tokens))
+    return _t.compile_str_literals(values), lk_before, lk_after, {**lk_before, **lk_after}
+
+
+@functools.lru_cache(maxsize=256)
+def _bytes_rest_values(groups: tuple) -> frozenset[tuple[str, str]]:
+    """(value, kind) pairs of the non-UID kinds for a bytes matcher (min length 2, all tokens)."""
+    return frozenset(_select(groups, 2, True).items())
+
+
 @functools.lru_cache(maxsize=256)
 def _bytes_part(values: frozenset[tuple[str, str]], encodings: tuple[str, ...]
-                ) -> tuple[re.Pattern[bytes] | None, dict[bytes, str]]:
-    """One compiled byte regex and its lookup for a set of (value, kind). Cached: callers must not
-    mutate the returned dict."""
+                ) -> tuple[re.Pattern[bytes] | None, dict[bytes, str], int]:
+    """One compiled byte regex, its lookup and its longest pattern for a set of (value, kind).
+    Cached: callers must not mutate the returned dict."""
     lookup: dict[bytes, str] = {}
     bounded: set[bytes] = set()
     free: set[bytes] = set()
@@ -369,7 +408,7 @@ def _bytes_part(values: frozenset[tuple[str, str]], encodings: tuple[str, ...]
                         continue
                     free.add(b)
                 lookup.setdefault(b, kind)
-    return _t.compile_bytes_literals(frozenset(bounded), frozenset(free)), lookup
+    return _t.compile_bytes_literals(frozenset(bounded), frozenset(free)), lookup, max(map(len, lookup), default=0)
 
 
 def _rebuild_phi(values: tuple, encodings: tuple[str, ...]) -> PhiValues:
@@ -806,6 +845,12 @@ def _is_name_like(value: str, pseudonyms: frozenset[str] = frozenset()) -> bool:
     return any(not re.search(r"\d", g) and re.search(r"[^\W\d_]", g) for g in groups)
 
 
+@functools.lru_cache(maxsize=64)
+def _date_kinds(kinds: frozenset[str]) -> frozenset[str]:
+    """The date kinds among ``kinds``, one object per kinds set (a cheap matcher-cache key)."""
+    return kinds & {"birth-date", "date"}
+
+
 def _search_text(text: str, vr: str, path: str, phi: PhiValues | None, kinds: frozenset[str],
                  name_heuristic: bool, keyword: str = "",
                  pseudonyms: frozenset[str] = frozenset(), tag: int = 0) -> Iterator[Finding]:
@@ -817,7 +862,7 @@ def _search_text(text: str, vr: str, path: str, phi: PhiValues | None, kinds: fr
     if phi is not None:
         single = True
         if vr in _DATE_VRS:
-            sel, min_len = kinds & {"birth-date", "date"}, 2
+            sel, min_len = _date_kinds(kinds), 2
         elif vr in _LONG_TEXT_VRS:
             sel, min_len = kinds, 2
         else:
@@ -928,7 +973,8 @@ def find_in_dataset(ds: Dataset, phi: PhiValues | None, *, ignore_kinds: Iterabl
                 continue  # skipped once converted, and nothing to find if the conversion fails
             tag, elem, converted = _convert(d, tag)
             vr = getattr(elem, "VR", None) or "UN"
-            path = prefix + _tag_label(tag, getattr(elem, "keyword", None) if converted else None)
+            keyword = getattr(elem, "keyword", None) if converted else None
+            path = prefix + _tag_label(tag, keyword)
             if depth == 0 and tag in _trailing and not prefix:
                 path = "trailing-bytes"  # junk the parser read as elements after the dataset
             if converted and vr == "SQ":
@@ -941,7 +987,7 @@ def find_in_dataset(ds: Dataset, phi: PhiValues | None, *, ignore_kinds: Iterabl
             if converted and vr in _SKIP_VRS:
                 continue
             search_vr = vr if converted else "UN"
-            kw = (getattr(elem, "keyword", "") or "") if converted else ""
+            kw = (keyword or "") if converted else ""
             out.extend(search(_elem_text(elem, raw=not converted), search_vr, path, tag, kw))
 
     def search(text: str, vr: str, path: str, tag: int, kw: str) -> list[Finding]:
@@ -1187,7 +1233,7 @@ def _raw_offsets(ds: Dataset) -> tuple[list[tuple[int, str]], int | None, list[t
     for tag in list(ds.keys()):
         raw = ds.get_item(tag, keep_deferred=True)  # never load a deferred (pixel) value
         vr = getattr(raw, "VR", None)
-        hdr = 8 if not explicit else (12 if (vr or "").encode() in _LONG_HDR_VRS else 8)
+        hdr = 12 if explicit and vr in _LONG_HDR_VR_NAMES else 8
         tell = getattr(raw, "value_tell", None)
         if tell is None:  # already converted by the reader: it keeps the header offset instead
             file_tell = getattr(raw, "file_tell", None)
@@ -1195,15 +1241,15 @@ def _raw_offsets(ds: Dataset) -> tuple[list[tuple[int, str]], int | None, list[t
                 continue
             tell = file_tell + hdr
         start = tell - hdr
-        t = Tag(tag)
+        group, element = tag >> 16, tag & 0xFFFF
         plausible = tag > prev and (not explicit or vr in _VALID_VRS)
-        if plausible and t.is_private:
-            if 0x0010 <= t.element <= 0x00FF:
-                private_creators.add((t.group, t.element))
-            elif t.element >= 0x1000:
-                plausible = (t.group, t.element >> 8) in private_creators
-        elif plausible and not t.is_private and t.element != 0:
-            plausible = dictionary_has_tag(t) or t.group & 0xFF00 in (0x5000, 0x6000)
+        if plausible and group & 1:  # private
+            if 0x0010 <= element <= 0x00FF:
+                private_creators.add((group, element))
+            elif element >= 0x1000:
+                plausible = (group, element >> 8) in private_creators
+        elif plausible and element != 0:
+            plausible = dictionary_has_tag(tag) or group & 0xFF00 in (0x5000, 0x6000)
         if not plausible:
             dataset_end = start
             keys = list(ds.keys())

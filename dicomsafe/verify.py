@@ -33,8 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
+import pydicom.hooks
 from pydicom.charset import convert_encodings
-from pydicom.datadict import dictionary_has_tag, keyword_for_tag
+from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
@@ -106,6 +108,8 @@ _KW_KIND = {
     },
     **{k: "other" for k in ("ResponsibleOrganization", "MilitaryRank", "BranchOfService")},
 }
+#: The tags of the keywords above: elements harvested by keyword whatever their VR.
+_KW_KIND_TAGS = frozenset(tag_for_keyword(k) for k in _KW_KIND)
 #: UI attributes naming a class, a syntax, a coding scheme or a piece of software: shared by
 #: everyone, never PHI.
 _CLASS_UID_SUFFIXES = ("ClassUID", "TransferSyntaxUID", "SchemeUID", "ContextUID", "ImplementationClassUID",
@@ -143,6 +147,7 @@ _SAMPLE_TAGS = _PIXEL_TAGS | frozenset({0x54001010, 0x56000020, 0x56000010})
 def _is_sample_tag(tag: int) -> bool:
     return tag in _SAMPLE_TAGS or ((tag >> 16) & 0xFF01 == 0x6000 and tag & 0xFFFF == 0x3000)
 _LONG_HDR_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UT", b"UN", b"UC", b"UR", b"SV", b"UV"})
+_LONG_HDR_VR_NAMES = frozenset(v.decode() for v in _LONG_HDR_VRS)
 _VALID_VRS = frozenset(
     "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split()
 )
@@ -271,38 +276,42 @@ class PhiValues:
             self._cache["by_kind"] = got
         return got
 
-    def _select(self, kinds: frozenset[str], min_len: int, single_tokens: bool = True) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for kind, vals in self.values_by_kind().items():
-            if kind in kinds:
-                for v in vals:
-                    if not single_tokens and kind in _NAME_KINDS and _is_single_token(v):
-                        continue
-                    if _searchable(v, kind, min_len):
-                        out.setdefault(v, kind)
-        return out
+    def _kind_groups(self, kinds: frozenset[str]) -> tuple[tuple, frozenset[str], tuple]:
+        """((kind, values) of the selected kinds ranked before "uid"), the UIDs, (… after "uid")).
+
+        The two groups are the same for every file of a patient, the UIDs new in each: matchers
+        are built from the groups once (:func:`_str_rest`, :func:`_bytes_part`), and only the
+        UID part per file. Keeping "before" and "after" apart preserves which kind a casefolded
+        value maps to when two kinds collide (the later one, as one lookup in rank order has it).
+        """
+        by_kind = self.values_by_kind()
+        before = tuple((k, by_kind[k]) for k in HARVEST_KINDS[:_UID_RANK] if k in kinds)
+        after = tuple((k, by_kind[k]) for k in HARVEST_KINDS[_UID_RANK + 1:] if k in kinds)
+        return before, (by_kind["uid"] if "uid" in kinds else frozenset()), after
 
     def str_matcher(self, kinds: Iterable[str], min_len: int = 2,
                     single_tokens: bool = True) -> tuple[tuple[re.Pattern[str], ...], dict[str, str]]:
         """(regexes, casefolded value → finding kind) for decoded text; compiled once, cached.
 
         Two regexes: the instance UIDs (new in every file) apart from everything else (the same
-        for every file of a patient), so the larger one is compiled once per patient, not per file.
+        for every file of a patient), so the larger one is built once per patient, not per file.
         ``single_tokens=False`` leaves out one-word name tokens (full-name forms stay): used on
         coded vocabulary, where a surname such as "Long" or "Mass" is an ordinary code meaning.
+        Callers must not mutate the lookup: it may be shared with other PhiValues.
         """
         kinds = frozenset(kinds)
         key = ("str", kinds, min_len, single_tokens)
         got = self._cache.get(key)
         if got is None:
-            selected = self._select(kinds, min_len, single_tokens)
-            # keyed by casefold: the regex matches case-insensitively ("ΣΟΦΙΑΣ" vs "σοφιας"),
-            # and str.lower() does not map every such match back (final sigma, dotted I)
-            lookup = {v.casefold(): k for v, k in selected.items()}
-            parts = (frozenset(v for v, k in selected.items() if k != "uid"),
-                     frozenset(v for v, k in selected.items() if k == "uid"))
-            rxs = tuple(rx for rx in map(_t.compile_str_literals, parts) if rx is not None)
-            got = (rxs, lookup)
+            before, uids, after = self._kind_groups(kinds)
+            rx_rest, lk_before, lk_after, lookup = _str_rest(before, after, min_len, single_tokens)
+            uid_values = _searchable_values(uids, "uid", min_len, single_tokens)
+            if uid_values:
+                # keyed by casefold: the regex matches case-insensitively ("ΣΟΦΙΑΣ" vs "σοφιας"),
+                # and str.lower() does not map every such match back (final sigma, dotted I)
+                lookup = {**lk_before, **{v.casefold(): "uid" for v in uid_values}, **lk_after}
+            rx_uid = _t.compile_str_literals(frozenset(uid_values))
+            got = (tuple(rx for rx in (rx_rest, rx_uid) if rx is not None), lookup)
             self._cache[key] = got
         return got
 
@@ -328,24 +337,57 @@ class PhiValues:
         key = ("bytes", kinds)
         got = self._cache.get(key)
         if got is None:
-            selected = self._select(kinds, 2)
+            before, uids, after = self._kind_groups(kinds)
             encodings = tuple(_byte_encodings(self.encodings))
-            rest = frozenset((v, k) for v, k in selected.items() if k != "uid")
-            uids = frozenset((v, k) for v, k in selected.items() if k == "uid")
-            rx_rest, lk_rest = _bytes_part(rest, encodings)
-            rx_uid, lk_uid = _bytes_part(uids, encodings) if uids else (None, {})
-            lookup = {**lk_uid, **lk_rest}
-            longest = max((len(b) for b in lookup), default=0)
+            rest = _bytes_rest_values(before + after)
+            uid_pairs = frozenset((v, "uid") for v in _searchable_values(uids, "uid", 2, True))
+            rx_rest, lk_rest, longest = _bytes_part(rest, encodings)
+            if uid_pairs:
+                rx_uid, lk_uid, longest_uid = _bytes_part(uid_pairs, encodings)
+                lookup = {**lk_uid, **lk_rest}
+                longest = max(longest, longest_uid)
+            else:
+                rx_uid, lookup = None, lk_rest
             got = (tuple(rx for rx in (rx_rest, rx_uid) if rx is not None), lookup, longest)
             self._cache[key] = got
         return got
 
 
+_UID_RANK = HARVEST_KINDS.index("uid")
+
+
+def _select(groups: tuple[tuple[str, frozenset[str]], ...], min_len: int, single_tokens: bool) -> dict[str, str]:
+    """Searchable value → kind over (kind, values) groups, in rank order."""
+    out: dict[str, str] = {}
+    for kind, vals in groups:
+        for v in _searchable_values(vals, kind, min_len, single_tokens):
+            out.setdefault(v, kind)
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _str_rest(before: tuple, after: tuple, min_len: int, single_tokens: bool
+              ) -> tuple[re.Pattern[str] | None, dict[str, str], dict[str, str], dict[str, str]]:
+    """The non-UID part of a text matcher: (regex, lookup of the kinds before "uid", of those
+    after, of both). Cached on the value sets, so a patient's files share it; callers must not
+    mutate the dicts."""
+    lk_before = {v.casefold(): k for v, k in _select(before, min_len, single_tokens).items()}
+    lk_after = {v.casefold(): k for v, k in _select(after, min_len, single_tokens).items()}
+    values = frozenset(_select(before + after, min_len, single_tokens))
+    return _t.compile_str_literals(values), lk_before, lk_after, {**lk_before, **lk_after}
+
+
+@functools.lru_cache(maxsize=256)
+def _bytes_rest_values(groups: tuple) -> frozenset[tuple[str, str]]:
+    """(value, kind) pairs of the non-UID kinds for a bytes matcher (min length 2, all tokens)."""
+    return frozenset(_select(groups, 2, True).items())
+
+
 @functools.lru_cache(maxsize=256)
 def _bytes_part(values: frozenset[tuple[str, str]], encodings: tuple[str, ...]
-                ) -> tuple[re.Pattern[bytes] | None, dict[bytes, str]]:
-    """One compiled byte regex and its lookup for a set of (value, kind). Cached: callers must not
-    mutate the returned dict."""
+                ) -> tuple[re.Pattern[bytes] | None, dict[bytes, str], int]:
+    """One compiled byte regex, its lookup and its longest pattern for a set of (value, kind).
+    Cached: callers must not mutate the returned dict."""
     lookup: dict[bytes, str] = {}
     bounded: set[bytes] = set()
     free: set[bytes] = set()
@@ -366,7 +408,7 @@ def _bytes_part(values: frozenset[tuple[str, str]], encodings: tuple[str, ...]
                         continue
                     free.add(b)
                 lookup.setdefault(b, kind)
-    return _t.compile_bytes_literals(frozenset(bounded), frozenset(free)), lookup
+    return _t.compile_bytes_literals(frozenset(bounded), frozenset(free)), lookup, max(map(len, lookup), default=0)
 
 
 def _rebuild_phi(values: tuple, encodings: tuple[str, ...]) -> PhiValues:
@@ -379,6 +421,19 @@ _SEP_RE = re.compile(r"[\s^,.=]")
 
 def _is_single_token(v: str) -> bool:
     return not _SEP_RE.search(v) and not _t.is_unbounded(v)
+
+
+@functools.lru_cache(maxsize=4096)
+def _searchable_values(vals: frozenset[str], kind: str, min_len: int, single_tokens: bool) -> tuple[str, ...]:
+    """The values of one kind worth searching (see :func:`_searchable`), in ``vals`` order.
+
+    Cached on the value set: the engine harvests every file afresh, but a patient's names, ids and
+    birth date are the same in each, and the regex-based tests below cost more than the search.
+    ``single_tokens=False`` drops one-word name tokens (see :meth:`PhiValues.str_matcher`).
+    """
+    return tuple(v for v in vals
+                 if (single_tokens or kind not in _NAME_KINDS or not _is_single_token(v))
+                 and _searchable(v, kind, min_len))
 
 
 def _searchable(v: str, kind: str, min_len: int) -> bool:
@@ -464,8 +519,12 @@ def _norm(value: str) -> str:
     return " ".join(value.replace("\x00", " ").split()).lower()
 
 
-def _name_forms(pn: str) -> tuple[set[str], set[str]]:
+@functools.lru_cache(maxsize=4096)
+def _name_forms(pn: str) -> tuple[frozenset[str], frozenset[str]]:
     """(full-name forms, tokens) of one PN value, lower-cased.
+
+    Cached: the engine harvests every file, and each file of a patient repeats the same names,
+    whose forms (dozens, accent-folded) cost more than the rest of the harvest.
 
     A PN is ``family^given^middle^prefix^suffix`` per component group (alphabetic, ideographic,
     phonetic, separated by ``=``). Prefixes and suffixes ("Dr", "Jr") are not identifying and are
@@ -510,7 +569,18 @@ def _name_forms(pn: str) -> tuple[set[str], set[str]]:
     # People drop accents when they type a name into a report ("Qörvtrudeck" → "Qorvtrudeck").
     full |= {_fold(f) for f in full}
     tokens |= {_fold(t) for t in tokens if _fold(t) not in _t.STOP_TOKENS}
-    return full, tokens
+    return frozenset(full), frozenset(tokens)
+
+
+@functools.lru_cache(maxsize=16384)
+def _is_dummy_short(value: str) -> bool:
+    return _t.is_dummy(value)
+
+
+def _is_dummy(value: str) -> bool:
+    """:func:`dicomsafe.text.is_dummy`, memoised for short values: the harvest asks it of every
+    value and every harvested string of every file, mostly the same ones again."""
+    return _is_dummy_short(value) if len(value) <= 128 else _t.is_dummy(value)
 
 
 def _fold(value: str) -> str:
@@ -575,11 +645,21 @@ def _convert(ds: Dataset, tag: int) -> tuple[int, object, bool]:
         return tag, ds.get_item(tag), False
 
 
-def _safe_elements(ds: Dataset) -> Iterator[tuple[int, object, bool]]:
-    """(tag, element, converted) for every top-level element; pixel data is never converted."""
+def _safe_elements(ds: Dataset, shortcut: bool = False) -> Iterator[tuple[int, object, bool]]:
+    """(tag, element, converted) for every top-level element; pixel data is never converted.
+
+    ``shortcut`` leaves out, unconverted, the elements :func:`harvest` would ignore anyway:
+    a VR it never harvests (US, DS, FD …, known without converting, see
+    :func:`_vr_once_converted`) on a tag that is neither SpecificCharacterSet nor one of the
+    keyword-harvested ids, addresses, phones (``_KW_KIND``). Should the conversion fail or give
+    raw bytes (wrong-length-to-UN), the harvest takes nothing from the element either.
+    """
     for tag in list(ds.keys()):
         if tag in _PIXEL_TAGS:
             yield tag, ds.get_item(tag), False
+            continue
+        if (shortcut and tag != 0x00080005 and tag not in _KW_KIND_TAGS
+                and _vr_once_converted(ds.get_item(tag, keep_deferred=True)) in _SKIP_VRS):
             continue
         yield _convert(ds, tag)
 
@@ -611,7 +691,7 @@ def harvest(ds: Dataset) -> PhiValues:
     def walk(d: Dataset, depth: int) -> None:
         if depth > 32:
             return
-        for tag, elem, converted in _safe_elements(d):
+        for tag, elem, converted in _safe_elements(d, shortcut):
             if not converted:
                 continue
             vr = elem.VR
@@ -624,7 +704,7 @@ def harvest(ds: Dataset) -> PhiValues:
             if tag == 0x00080005:
                 add_enc(elem.value)
                 continue
-            values = [v for v in _iter_values(elem) if v.strip() and not _t.is_dummy(v)]
+            values = [v for v in _iter_values(elem) if v.strip() and not _is_dummy(v)]
             if not values:
                 continue
             if vr == "PN":
@@ -677,6 +757,7 @@ def harvest(ds: Dataset) -> PhiValues:
                 else:
                     acc["other"].add(n)
 
+    shortcut = _default_conversion()
     software_uids: set[str] = set()
     if getattr(ds, "file_meta", None) is not None:
         sop = ds.file_meta.get("MediaStorageSOPInstanceUID")
@@ -696,7 +777,7 @@ def harvest(ds: Dataset) -> PhiValues:
     for f in ("institution", "device", "other"):
         acc[f] = {v for v in acc[f] if v not in vendor}
     for f in acc:
-        acc[f] = {v for v in acc[f] if v and not _t.is_dummy(v)}
+        acc[f] = {v for v in acc[f] if v and not _is_dummy(v)}
     return PhiValues(**{f: frozenset(v) for f, v in acc.items()}, encodings=tuple(encs))
 
 
@@ -764,6 +845,12 @@ def _is_name_like(value: str, pseudonyms: frozenset[str] = frozenset()) -> bool:
     return any(not re.search(r"\d", g) and re.search(r"[^\W\d_]", g) for g in groups)
 
 
+@functools.lru_cache(maxsize=64)
+def _date_kinds(kinds: frozenset[str]) -> frozenset[str]:
+    """The date kinds among ``kinds``, one object per kinds set (a cheap matcher-cache key)."""
+    return kinds & {"birth-date", "date"}
+
+
 def _search_text(text: str, vr: str, path: str, phi: PhiValues | None, kinds: frozenset[str],
                  name_heuristic: bool, keyword: str = "",
                  pseudonyms: frozenset[str] = frozenset(), tag: int = 0) -> Iterator[Finding]:
@@ -775,7 +862,7 @@ def _search_text(text: str, vr: str, path: str, phi: PhiValues | None, kinds: fr
     if phi is not None:
         single = True
         if vr in _DATE_VRS:
-            sel, min_len = kinds & {"birth-date", "date"}, 2
+            sel, min_len = _date_kinds(kinds), 2
         elif vr in _LONG_TEXT_VRS:
             sel, min_len = kinds, 2
         else:
@@ -819,6 +906,44 @@ def _elem_text(elem, raw: bool) -> str:
     return str(val)
 
 
+def _default_conversion() -> bool:
+    """Whether pydicom converts raw elements the stock way (no callback, default hooks), so
+    :func:`_vr_once_converted` can predict the VR a conversion gives."""
+    return (pydicom.config.data_element_callback is None
+            and pydicom.hooks.hooks.raw_element_vr is pydicom.hooks.raw_element_vr)
+
+
+def _vr_once_converted(raw) -> str | None:
+    """The VR ``ds[tag]`` will give this element, when it is certain without converting; else None.
+
+    Why: converting is most of the dataset search's cost, and a third of the elements have a VR
+    the search skips (US, DS, FD …). pydicom's default VR hook keeps an explicit VR other than UN
+    and looks an implicit one up in the dictionary (ambiguous ones, "US or SS", are never in
+    ``_SKIP_VRS``). UN (may be replaced by the dictionary's VR, or a private creator's) and
+    deferred values are left to the real conversion.
+
+    A conversion can still fail (a US value of odd length, text in an FD): pydicom then raises
+    (the element is searched raw, as UN) or, with ``convert_wrong_length_to_UN``, makes it a UN
+    that DataElement turns back into the *dictionary's* VR, raw bytes as value. So an explicit VR
+    counts only when the dictionary agrees (or does not know the tag), and a caller skips an
+    element only when a search of its raw bytes as UN finds nothing.
+    """
+    if isinstance(raw, DataElement):
+        return raw.VR  # converted already: ds[tag] returns it as is
+    if raw.value is None:
+        return None
+    vr = raw.VR
+    try:
+        known = dictionary_VR(raw.tag)
+    except KeyError:
+        known = None
+    if vr is None:
+        return known
+    if vr == "UN" or (known is not None and known != vr):
+        return None
+    return vr
+
+
 def find_in_dataset(ds: Dataset, phi: PhiValues | None, *, ignore_kinds: Iterable[str] = frozenset(),
                     name_heuristic: bool | None = None, _trailing: frozenset[int] = frozenset()) -> list[Finding]:
     """Search every element of ``ds`` at any depth, private blocks and the file meta.
@@ -843,9 +968,13 @@ def find_in_dataset(ds: Dataset, phi: PhiValues | None, *, ignore_kinds: Iterabl
             raw = d.get_item(tag, keep_deferred=True)
             if getattr(raw, "value", b"") is None and getattr(raw, "VR", None) in _BIG_BINARY_VRS:
                 continue  # a deferred binary blob (> 2 MB): the byte layer searches it in place
+            if shortcut and _vr_once_converted(raw) in _SKIP_VRS and (
+                    isinstance(raw, DataElement) or not search(_elem_text(raw, raw=True), "UN", "", tag, "")):
+                continue  # skipped once converted, and nothing to find if the conversion fails
             tag, elem, converted = _convert(d, tag)
             vr = getattr(elem, "VR", None) or "UN"
-            path = prefix + _tag_label(tag, getattr(elem, "keyword", None) if converted else None)
+            keyword = getattr(elem, "keyword", None) if converted else None
+            path = prefix + _tag_label(tag, keyword)
             if depth == 0 and tag in _trailing and not prefix:
                 path = "trailing-bytes"  # junk the parser read as elements after the dataset
             if converted and vr == "SQ":
@@ -857,13 +986,19 @@ def find_in_dataset(ds: Dataset, phi: PhiValues | None, *, ignore_kinds: Iterabl
                 continue
             if converted and vr in _SKIP_VRS:
                 continue
-            text = _elem_text(elem, raw=not converted)
-            if tag == 0x00100030 and text.strip() and "birth-date" in kinds:
-                out.append(Finding(path, "birth-date"))  # PS3.15: Z in every profile, no option keeps it
             search_vr = vr if converted else "UN"
-            kw = (getattr(elem, "keyword", "") or "") if converted else ""
-            out.extend(_search_text(text, search_vr, path, phi, kinds, heuristic, kw, pseudonyms, tag))
+            kw = (keyword or "") if converted else ""
+            out.extend(search(_elem_text(elem, raw=not converted), search_vr, path, tag, kw))
 
+    def search(text: str, vr: str, path: str, tag: int, kw: str) -> list[Finding]:
+        """Findings in one element's text, searched as ``vr``."""
+        found = []
+        if tag == 0x00100030 and text.strip() and "birth-date" in kinds:
+            found.append(Finding(path, "birth-date"))  # PS3.15: Z in every profile, no option keeps it
+        found.extend(_search_text(text, vr, path, phi, kinds, heuristic, kw, pseudonyms, tag))
+        return found
+
+    shortcut = _default_conversion()
     meta = getattr(ds, "file_meta", None)
     if meta is not None:
         walk(meta, "file-meta ", 0)
@@ -1098,7 +1233,7 @@ def _raw_offsets(ds: Dataset) -> tuple[list[tuple[int, str]], int | None, list[t
     for tag in list(ds.keys()):
         raw = ds.get_item(tag, keep_deferred=True)  # never load a deferred (pixel) value
         vr = getattr(raw, "VR", None)
-        hdr = 8 if not explicit else (12 if (vr or "").encode() in _LONG_HDR_VRS else 8)
+        hdr = 12 if explicit and vr in _LONG_HDR_VR_NAMES else 8
         tell = getattr(raw, "value_tell", None)
         if tell is None:  # already converted by the reader: it keeps the header offset instead
             file_tell = getattr(raw, "file_tell", None)
@@ -1106,15 +1241,15 @@ def _raw_offsets(ds: Dataset) -> tuple[list[tuple[int, str]], int | None, list[t
                 continue
             tell = file_tell + hdr
         start = tell - hdr
-        t = Tag(tag)
+        group, element = tag >> 16, tag & 0xFFFF
         plausible = tag > prev and (not explicit or vr in _VALID_VRS)
-        if plausible and t.is_private:
-            if 0x0010 <= t.element <= 0x00FF:
-                private_creators.add((t.group, t.element))
-            elif t.element >= 0x1000:
-                plausible = (t.group, t.element >> 8) in private_creators
-        elif plausible and not t.is_private and t.element != 0:
-            plausible = dictionary_has_tag(t) or t.group & 0xFF00 in (0x5000, 0x6000)
+        if plausible and group & 1:  # private
+            if 0x0010 <= element <= 0x00FF:
+                private_creators.add((group, element))
+            elif element >= 0x1000:
+                plausible = (group, element >> 8) in private_creators
+        elif plausible and element != 0:
+            plausible = dictionary_has_tag(tag) or group & 0xFF00 in (0x5000, 0x6000)
         if not plausible:
             dataset_end = start
             keys = list(ds.keys())

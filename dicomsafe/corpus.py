@@ -473,6 +473,8 @@ def _remap_uids(ds: Dataset, seed: int, depth: int = 0) -> None:
     keeps them consistent among copies and guarantees no pydicom UID leaks into "ground truth".
     """
     for elem in ds:
+        if elem.VR == "UI" and elem.value and elem.keyword.endswith("ClassUID"):
+            continue  # a class names a kind of object, not one object: real files keep it
         if elem.VR == "UI" and elem.value:
             vals = elem.value if elem.VM > 1 else [elem.value]
             new = [v if str(v).startswith(STANDARD_UID_ROOT) else make_uid(seed, "remap", v) for v in vals]

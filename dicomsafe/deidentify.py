@@ -141,7 +141,7 @@ class Deidentifier:
             res.preamble_threat = rr.preamble_threat
             res.size = rr.size
             ds = rr.dataset
-            phi = _harvest(ds)
+            phi = _guarded(_harvest, "harvest-failed", ds)
             if study is not None:
                 phi = phi.with_identity_of([study])
             try:
@@ -156,7 +156,7 @@ class Deidentifier:
             pixel_ref = self._pixels(ds, rr, phi, res)
             res.sha256 = dicomio.write_dicom(ds, staged, pixel_ref=pixel_ref, staged=True)
             if self.verify:
-                findings = _verify(staged, phi, self.ignore_kinds)
+                findings = _guarded(_verify, "verify-failed", staged, phi, self.ignore_kinds)
                 if findings:
                     staged.unlink(missing_ok=True)
                     res.details = findings
@@ -223,6 +223,17 @@ def _method_codes(profile: Profile) -> list[tuple[str, str]]:
 
 
 # -- verification and scrubbing hooks (dicomsafe.verify / dicomsafe.text) -----------------------
+
+
+def _guarded(fn: Callable[..., Any], code: str, *args: Any) -> Any:
+    """Run a harvest or verification step; any failure quarantines this one file (fail closed:
+    an output that could not be checked is not clean) instead of failing its whole work unit."""
+    try:
+        return fn(*args)
+    except InputFileError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - messages may quote values; keep only the type
+        raise InputFileError(code, f"could not be checked ({type(exc).__name__})") from None
 
 
 def _harvest(ds: Dataset) -> Any:

@@ -67,7 +67,12 @@ BYTES_RIGHT = rb"(?![a-z0-9]|\.[0-9])"
 
 
 def _trie_pattern(items: Iterable, esc) -> str | bytes | None:
-    """Alternation of literal sequences factored into a trie; longest alternatives tried first."""
+    """Alternation of literal sequences factored into a trie; longest alternatives tried first.
+
+    Built without recursion and with runs of single-child nodes joined in one step, so a hostile
+    value thousands of characters long costs linear time and no stack (it used to raise
+    RecursionError inside verification).
+    """
     root: dict = {}
     end = object()
     for item in items:
@@ -76,21 +81,39 @@ def _trie_pattern(items: Iterable, esc) -> str | bytes | None:
             node = node.setdefault(unit, {})
         node[end] = True
 
-    def build(node: dict):
-        terminal = end in node
-        keys = sorted((k for k in node if k is not end), key=lambda k: esc(k))
-        if not keys:
-            return None
-        parts = []
-        for k in keys:
-            sub = build(node[k])
-            parts.append(esc(k) + (sub if sub is not None else esc.empty))
-        if len(parts) == 1 and not terminal:
-            return parts[0]
-        body = esc.open + esc.bar.join(parts) + esc.close
-        return body + esc.opt if terminal else body
+    def chain(k, child: dict) -> tuple[list, dict]:
+        """Escaped units from ``k`` down a run of non-terminal single-child nodes, and where it ends."""
+        units = [esc(k)]
+        while end not in child and len(child) == 1:
+            (k2,) = child.keys()
+            units.append(esc(k2))
+            child = child[k2]
+        return units, child
 
-    return build(root)
+    done: dict[int, object] = {}
+    stack: list[tuple[dict, bool]] = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        keys = sorted((k for k in node if k is not end), key=esc)
+        runs = [chain(k, node[k]) for k in keys]
+        if not expanded:
+            stack.append((node, True))
+            stack.extend((child, False) for _, child in runs if id(child) not in done)
+            continue
+        if not keys:
+            done[id(node)] = None
+            continue
+        parts = []
+        for units, child in runs:
+            sub = done[id(child)]
+            parts.append(esc.empty.join(units) + (sub if sub is not None else esc.empty))
+        terminal = end in node
+        if len(parts) == 1 and not terminal:
+            done[id(node)] = parts[0]
+            continue
+        body = esc.open + esc.bar.join(parts) + esc.close
+        done[id(node)] = body + esc.opt if terminal else body
+    return done[id(root)]  # type: ignore[return-value]
 
 
 class _StrEsc:

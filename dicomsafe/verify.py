@@ -704,7 +704,12 @@ def harvest(ds: Dataset) -> PhiValues:
             if tag == 0x00080005:
                 add_enc(elem.value)
                 continue
-            values = [v for v in _iter_values(elem) if v.strip() and not _is_dummy(v)]
+            if vr == "UI":
+                # A UID is never a placeholder name: a 2.25. UID (UUID-derived, issued by many
+                # devices) is as identifying as any other, so is_dummy's 2.25. rule is not used.
+                values = [v for v in _iter_values(elem) if v.strip()]
+            else:
+                values = [v for v in _iter_values(elem) if v.strip() and not _is_dummy(v)]
             if not values:
                 continue
             if vr == "PN":
@@ -777,7 +782,8 @@ def harvest(ds: Dataset) -> PhiValues:
     for f in ("institution", "device", "other"):
         acc[f] = {v for v in acc[f] if v not in vendor}
     for f in acc:
-        acc[f] = {v for v in acc[f] if v and not _is_dummy(v)}
+        if f != "uids":
+            acc[f] = {v for v in acc[f] if v and not _is_dummy(v)}
     return PhiValues(**{f: frozenset(v) for f, v in acc.items()}, encodings=tuple(encs))
 
 

@@ -77,3 +77,28 @@ def test_input_is_never_modified(tmp_path):
     before = hashlib.sha256((TEST_FILES / "CT_small.dcm").read_bytes()).hexdigest()
     _run("CT_small.dcm", tmp_path)
     assert hashlib.sha256((TEST_FILES / "CT_small.dcm").read_bytes()).hexdigest() == before
+
+
+def test_a_file_with_a_huge_name_is_handled_on_its_own(tmp_path):
+    """A 9,000-character patient name used to make verification raise RecursionError, which
+    failed the whole work unit. It is now an ordinary file: written clean or quarantined alone."""
+    from dicomsafe.corpus import build_ct_series
+    from dicomsafe.deidentify import Deidentifier
+    from dicomsafe.profiles import load_profile
+    from dicomsafe.verify import harvest
+
+    import pydicom
+
+    files = build_ct_series(tmp_path / "src", 2, rows=8, cols=8)
+    ds = pydicom.dcmread(files[0])
+    ds.PatientName = "Q" * 9000
+    ds.ImageComments = "Q" * 9000  # kept? then verification must catch it
+    ds.save_as(files[0])
+    deid = Deidentifier(load_profile("basic"), b"k" * 32)
+    results = deid.process_files([(files[0], "a"), (files[1], "b")], tmp_path / "staging")
+    assert [r.outcome for r in results][1] == "written"
+    assert results[0].outcome in ("written", "quarantined")
+    if results[0].outcome == "written":
+        out = pydicom.dcmread(results[0].staged)
+        assert "Q" * 100 not in str(out.get("PatientName", "")) + str(out.get("ImageComments", ""))
+    assert "Q" * 9000 in {v.upper() for v in harvest(pydicom.dcmread(files[0])).patient_names}

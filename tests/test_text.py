@@ -268,3 +268,15 @@ def test_real_file_names_scrubbed():
     assert scrub("plan for First Last, mid", phi) == f"plan for {R}"  # middle name too
     # placeholder words are stop tokens on their own: ordinary text keeps them
     assert scrub("last fraction, first plan", phi) == "last fraction, first plan"
+
+
+def test_very_long_values_build_a_matcher_without_recursion():
+    """A hostile file can carry a name thousands of characters long; the matcher built from the
+    harvest must not blow the stack (it raised RecursionError inside verification before)."""
+    from dicomsafe.text import compile_bytes_literals, compile_str_literals
+
+    long = "smith" * 4000
+    rx = compile_str_literals(frozenset({long, long[:-1] + "x", "jones"}))
+    assert rx.search(f"name: {long}.") and rx.search("dr jones") and not rx.search("smith" * 3)
+    brx = compile_bytes_literals(frozenset({long.encode()}), frozenset())
+    assert brx is not None and brx.search(b" " + long.encode() + b" ")

@@ -585,3 +585,29 @@ def test_study_level_identity_covers_transliterated_files():
     assert find_in_dataset(out, study) == [Finding("(0008,1030) StudyDescription", "patient-name")]
     out.ReferencedSOPInstanceUID = "1.2.3.4.5.1"  # a reference to the sibling left unkeyed
     assert Finding("(0008,1155) ReferencedSOPInstanceUID", "uid") in find_in_dataset(out, study)
+
+
+def test_uuid_derived_2_25_uids_are_harvested_and_found(tmp_path):
+    """2.25. UIDs (ISO/IEC 9834-8, issued by many devices) identify an object like any other UID:
+    a de-identified file that still carries one is not clean. (They were once taken for
+    de-identifier placeholders and never searched.)"""
+    from dicomsafe import dicomio
+    from dicomsafe.corpus import build_ct_series
+    from dicomsafe.deidentify import Deidentifier
+    from dicomsafe.profiles import load_profile
+
+    src = build_ct_series(tmp_path / "ct", 1, rows=8, cols=8)[0]
+    rr = dicomio.read_dicom(src)
+    original = str(rr.dataset.StudyInstanceUID)
+    assert original.startswith("2.25.")
+    phi = harvest(rr.dataset)
+    assert original in phi.uids
+    deid = Deidentifier(load_profile("basic"), b"k" * 32)
+    deid.transform(rr.dataset, phi)
+    clean = tmp_path / "clean.dcm"
+    dicomio.write_dicom(rr.dataset, clean, pixel_ref=rr.pixel_ref)
+    assert verify_file(clean, phi) == []
+    rr.dataset.ImageComments = f"see study {original}"  # a kept free-text attribute
+    leaky = tmp_path / "leaky.dcm"
+    dicomio.write_dicom(rr.dataset, leaky, pixel_ref=rr.pixel_ref)
+    assert Finding("(0020,4000) ImageComments", "uid") in verify_file(leaky, phi)

@@ -3,6 +3,8 @@
 Kept verbatim (only its two relative imports made absolute) so tests/test_verify_equivalence.py
 can prove the optimised :mod:`dicomsafe.verify` reports exactly the same findings, in the same
 order, on real files. Never import this from the package; never "fix" it: it is the reference.
+One deliberate change of *what* is checked was applied here and in the package together:
+2.25. UIDs are harvested (they were taken for placeholders before).
 
 Original module docstring follows.
 
@@ -632,7 +634,10 @@ def harvest(ds: Dataset) -> PhiValues:
             if tag == 0x00080005:
                 add_enc(elem.value)
                 continue
-            values = [v for v in _iter_values(elem) if v.strip() and not _t.is_dummy(v)]
+            if vr == "UI":  # 2.25. UIDs are harvested (same change as in dicomsafe.verify)
+                values = [v for v in _iter_values(elem) if v.strip()]
+            else:
+                values = [v for v in _iter_values(elem) if v.strip() and not _t.is_dummy(v)]
             if not values:
                 continue
             if vr == "PN":
@@ -704,7 +709,8 @@ def harvest(ds: Dataset) -> PhiValues:
     for f in ("institution", "device", "other"):
         acc[f] = {v for v in acc[f] if v not in vendor}
     for f in acc:
-        acc[f] = {v for v in acc[f] if v and not _t.is_dummy(v)}
+        if f != "uids":
+            acc[f] = {v for v in acc[f] if v and not _t.is_dummy(v)}
     return PhiValues(**{f: frozenset(v) for f, v in acc.items()}, encodings=tuple(encs))
 
 

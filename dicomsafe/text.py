@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:  # verify imports this module; the type is only needed for annotations
     from .verify import PhiValues
@@ -182,6 +182,46 @@ def bytes_left_ok(buf: bytes, start: int) -> bool:
     if prev in _ALNUM_BYTES:
         return False
     return not (prev == 0x2E and start >= 2 and buf[start - 2] in _DIGIT_BYTES)
+
+
+#: Any UID-shaped token (digits and dots), with the same boundaries as the literal matchers.
+UID_TOKEN_STR = re.compile(STR_LEFT + r"[0-9]+(?:\.[0-9]+)+" + STR_RIGHT)
+UID_TOKEN_BYTES = re.compile(BYTES_LEFT + rb"[0-9]+(?:\.[0-9]+)+" + BYTES_RIGHT)
+_UID_SHAPE = re.compile(r"[0-9]+(?:\.[0-9]+)+")
+
+
+def is_uid_shaped(value: str) -> bool:
+    """Digits and dots only, at least one dot: what :class:`TokenSetMatcher` can find."""
+    return _UID_SHAPE.fullmatch(value) is not None
+
+
+class TokenSetMatcher:
+    """Finds members of a set of UIDs with one fixed regex instead of a regex built per set.
+
+    Why: the instance UIDs of every file are new, so a literal regex for them had to be compiled
+    for every file (~2 ms of a ~5 ms file). A boundary-respecting UID token is maximal (the
+    right boundary refuses a following digit or ".digit", so no shorter candidate can match at
+    the same start), hence a harvested UID occurs with its boundaries exactly where a token
+    equal to it does: the token regex, filtered by membership, finds what the literal regex
+    found. Offers the parts of ``re.Pattern`` the matchers' users call (finditer, search).
+    """
+
+    def __init__(self, rx: re.Pattern, members: frozenset):
+        self._rx = rx
+        self._members = members
+
+    def finditer(self, text, pos: int = 0) -> Iterator[re.Match]:
+        for m in self._rx.finditer(text, pos):
+            if m.group(0) in self._members:
+                yield m
+
+    def search(self, text, pos: int = 0) -> re.Match | None:
+        m = self._rx.search(text, pos)
+        # no member can start inside a non-member token: every position there follows a digit
+        # or a digit and a dot, which the left boundary refuses
+        while m is not None and m.group(0) not in self._members:
+            m = self._rx.search(text, m.end())
+        return m
 
 
 def is_unbounded(value: str) -> bool:

@@ -310,8 +310,11 @@ class PhiValues:
                 # keyed by casefold: the regex matches case-insensitively ("ΣΟΦΙΑΣ" vs "σοφιας"),
                 # and str.lower() does not map every such match back (final sigma, dotted I)
                 lookup = {**lk_before, **{v.casefold(): "uid" for v in uid_values}, **lk_after}
-            rx_uid = _t.compile_str_literals(frozenset(uid_values))
-            got = (tuple(rx for rx in (rx_rest, rx_uid) if rx is not None), lookup)
+            shaped = frozenset(v.casefold() for v in uid_values if _t.is_uid_shaped(v))
+            odd = frozenset(v for v in uid_values if not _t.is_uid_shaped(v))
+            rx_uid = _t.TokenSetMatcher(_t.UID_TOKEN_STR, shaped) if shaped else None
+            rx_odd = _t.compile_str_literals(odd) if odd else None  # malformed UIDs: rare
+            got = (tuple(rx for rx in (rx_rest, rx_uid, rx_odd) if rx is not None), lookup)
             self._cache[key] = got
         return got
 
@@ -340,15 +343,23 @@ class PhiValues:
             before, uids, after = self._kind_groups(kinds)
             encodings = tuple(_byte_encodings(self.encodings))
             rest = _bytes_rest_values(before + after)
-            uid_pairs = frozenset((v, "uid") for v in _searchable_values(uids, "uid", 2, True))
+            uid_values = _searchable_values(uids, "uid", 2, True)
+            shaped = frozenset(v for v in uid_values if _plain_ascii_uid(v, encodings))
+            odd_pairs = frozenset((v, "uid") for v in uid_values if v not in shaped)
             rx_rest, lk_rest, longest = _bytes_part(rest, encodings)
-            if uid_pairs:
-                rx_uid, lk_uid, longest_uid = _bytes_part(uid_pairs, encodings)
-                lookup = {**lk_uid, **lk_rest}
-                longest = max(longest, longest_uid)
-            else:
-                rx_uid, lookup = None, lk_rest
-            got = (tuple(rx for rx in (rx_rest, rx_uid) if rx is not None), lookup, longest)
+            rxs: list = [rx_rest]
+            lookup = lk_rest
+            if shaped:
+                members = frozenset(v.encode("ascii") for v in shaped)
+                rxs.append(_t.TokenSetMatcher(_t.UID_TOKEN_BYTES, members))
+                lookup = {**{b: "uid" for b in members}, **lookup}
+                longest = max(longest, max(map(len, members)))
+            if odd_pairs:  # UIDs with other characters, or an encoding that changes digits: rare
+                rx_odd, lk_odd, longest_odd = _bytes_part(odd_pairs, encodings)
+                rxs.append(rx_odd)
+                lookup = {**lk_odd, **lookup}
+                longest = max(longest, longest_odd)
+            got = (tuple(rx for rx in rxs if rx is not None), lookup, longest)
             self._cache[key] = got
         return got
 
@@ -409,6 +420,15 @@ def _bytes_part(values: frozenset[tuple[str, str]], encodings: tuple[str, ...]
                     free.add(b)
                 lookup.setdefault(b, kind)
     return _t.compile_bytes_literals(frozenset(bounded), frozenset(free)), lookup, max(map(len, lookup), default=0)
+
+
+def _plain_ascii_uid(value: str, encodings: tuple[str, ...]) -> bool:
+    """A UID of digits and dots that every search encoding writes as its ASCII bytes (so the
+    fixed token matcher finds it); anything else takes the literal-regex path."""
+    if not _t.is_uid_shaped(value) or len(value) < 4:
+        return False
+    ascii_form = value.encode("ascii")
+    return all(_encode_for_search(value, enc) in (None, ascii_form) for enc in encodings)
 
 
 def _rebuild_phi(values: tuple, encodings: tuple[str, ...]) -> PhiValues:

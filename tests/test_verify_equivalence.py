@@ -119,11 +119,20 @@ def test_engine_style_copies(path, tmp_path):
             dirty.ImageComments = "seen by Jane Roe on 01/02/1980, mrn4455667"
             q = tmp_path / "dirty.dcm"
             dirty.save_as(q, enforce_file_format=False)
+            # original instance UIDs in free text, at a boundary, glued to digits and in a list
+            uids = [str(v.value) for v in src.iterall() if v.VR == "UI" and "Instance" in (v.keyword or "")]
+            uid_files = []
+            for i, text in enumerate((" ref {0}.", "x{0}", "{0}1", "{0}.7", "a\\{0}\\b", "({0})")):
+                if uids:
+                    leak = copy.deepcopy(out)
+                    leak.StudyComments = text.format(uids[i % len(uids)])
+                    uid_files.append(tmp_path / f"uid{i}.dcm")
+                    leak.save_as(uid_files[-1], enforce_file_format=False)
         except Exception as exc:  # pydicom cannot read or write this fixture at all
             pytest.skip(f"fixture not usable: {type(exc).__name__}")
     src_new, src_old = _read(path)
     pairs = [(new.harvest(identify(src_new)), ref.harvest(identify(src_old))), (None, None)]
-    for f in (p, q):
+    for f in (p, q, *uid_files):
         _compare_all(f, pairs)
 
 

@@ -199,12 +199,12 @@ def staging_writer(path: str | os.PathLike[str], mode: int = 0o600) -> Iterator[
     except OSError as exc:
         raise OutputError(f"cannot create a file in the staging directory ({exc.strerror})") from None
     try:
-        with io.BufferedWriter(io.FileIO(fd, "wb"), 1 << 16) as fh:
+        with io.BufferedWriter(_WritebackFile(fd, "wb"), 1 << 16) as fh:
             yield fh
             fh.flush()
-            if _fadvise is not None:
+            if _fadvise is not None:  # the tail since the last 8 MiB window
                 with contextlib.suppress(OSError):
-                    _fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+                    _fadvise(fh.fileno(), fh.raw._kicked, 0, os.POSIX_FADV_DONTNEED)  # type: ignore[attr-defined]
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             target.unlink()

@@ -57,9 +57,20 @@ def atomic_writer(path: str | os.PathLike[str], mode: int = 0o644) -> Iterator[I
 
     The data goes to a temporary file in the same directory (so the rename is atomic), is
     fsynced, and then replaces ``path``. On any exception the temporary file is removed and
-    ``path`` is left as it was: a reader never sees a half-written file.
+    ``path`` is left as it was: a reader never sees a half-written file. An existing device or
+    named pipe (``/dev/null``, a FIFO) is written to directly instead: renaming over it would
+    replace the device node itself (as root, ``-o /dev/full`` used to do exactly that).
     """
     target = Path(path)
+    existing = _stat_or_none(target)
+    if existing is not None and stat.S_ISDIR(existing.st_mode):
+        raise OutputError("the output path is a directory")
+    if existing is not None and not stat.S_ISREG(existing.st_mode):
+        # A device or a named pipe (-o /dev/null, a FIFO): there is nothing to replace, and a
+        # rename would put a regular file in place of the device node. Write to it directly.
+        with open(target, "wb") as fh:
+            yield fh
+        return
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX, dir=target.parent)
@@ -219,6 +230,13 @@ def sync_files(paths: Iterable[str | os.PathLike[str]]) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _stat_or_none(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:

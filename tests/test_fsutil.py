@@ -110,3 +110,28 @@ def test_background_writer_stops_its_thread_when_the_producer_fails(tmp_path):
                 out.write(c)
             raise RuntimeError("producer failed")
     assert threading.active_count() == before
+
+
+def test_atomic_writer_writes_into_a_fifo_and_leaves_it_a_fifo(tmp_path):
+    """A named pipe (like /dev/null or a device) is written to, never renamed over."""
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()))
+    reader.start()
+    with atomic_writer(fifo) as fh:
+        fh.write(b"through the pipe")
+    reader.join(timeout=10)
+    assert got == [b"through the pipe"]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert [p.name for p in tmp_path.iterdir()] == ["pipe"]
+
+
+def test_atomic_writer_refuses_a_directory(tmp_path):
+    from dicomsafe.errors import OutputError
+
+    with pytest.raises(OutputError):
+        with atomic_writer(tmp_path) as fh:
+            fh.write(b"x")

@@ -296,29 +296,32 @@ def _read_exact(fh: BinaryIO, n: int) -> bytes:
 # --------------------------------------------------------------------------------------------
 
 
+def _explicit_le_header(buf: bytes, pos: int) -> tuple[int, int, int] | None:
+    """(tag, value offset, value length) of the explicit VR little endian element header at
+    ``pos``, or None when the header is cut off or its VR is not one we know."""
+    if pos + 8 > len(buf):
+        return None
+    group, elem = struct.unpack_from("<HH", buf, pos)
+    vr = buf[pos + 4 : pos + 6]
+    if vr in _VR_LONG:
+        if pos + 12 > len(buf):
+            return None
+        return group << 16 | elem, pos + 12, struct.unpack_from("<L", buf, pos + 8)[0]
+    if vr in _VR_SHORT:
+        return group << 16 | elem, pos + 8, struct.unpack_from("<H", buf, pos + 6)[0]
+    return None
+
+
 def _meta_sop_class(buf: bytes, pos: int) -> tuple[bool, str | None]:
     """Parse an explicit VR LE group 0002 from ``buf[pos:]``; return (ok, MediaStorageSOPClassUID)."""
     sop_class = None
     seen = False
-    while pos + 8 <= len(buf):
-        group, elem = struct.unpack_from("<HH", buf, pos)
-        if group != 0x0002:
+    while (head := _explicit_le_header(buf, pos)) is not None:
+        tag, vpos, length = head
+        if tag >> 16 != 0x0002 or length == _UNDEFINED:
             break
-        vr = buf[pos + 4 : pos + 6]
-        if vr in _VR_LONG:
-            if pos + 12 > len(buf):
-                break
-            length = struct.unpack_from("<L", buf, pos + 8)[0]
-            vpos = pos + 12
-        elif vr in _VR_SHORT:
-            length = struct.unpack_from("<H", buf, pos + 6)[0]
-            vpos = pos + 8
-        else:
-            return seen, sop_class
-        if length == _UNDEFINED:
-            return seen, sop_class
         seen = True
-        if elem == 0x0002 and vpos + length <= len(buf):
+        if tag == 0x00020002 and vpos + length <= len(buf):
             sop_class = buf[vpos : vpos + length].rstrip(b"\x00 ").decode("ascii", "replace")
         pos = vpos + length
     return seen, sop_class
@@ -413,23 +416,14 @@ def peek_study_uid(buf: bytes) -> str | None:
     implicit = ts == "1.2.840.10008.1.2"
     n = len(buf)
     while pos + 8 <= n:
-        group, elem = struct.unpack_from("<HH", buf, pos)
-        tag = group << 16 | elem
         if implicit:
-            length = struct.unpack_from("<L", buf, pos + 4)[0]
-            vpos = pos + 8
+            group, elem, length = struct.unpack_from("<HHL", buf, pos)
+            tag, vpos = group << 16 | elem, pos + 8
         else:
-            vr = buf[pos + 4 : pos + 6]
-            if vr in _VR_LONG:
-                if pos + 12 > n:
-                    return None
-                length = struct.unpack_from("<L", buf, pos + 8)[0]
-                vpos = pos + 12
-            elif vr in _VR_SHORT:
-                length = struct.unpack_from("<H", buf, pos + 6)[0]
-                vpos = pos + 8
-            else:
+            head = _explicit_le_header(buf, pos)
+            if head is None:
                 return None
+            tag, vpos, length = head
         if length == _UNDEFINED or tag > _STUDY_UID_TAG:
             return None
         if tag == _STUDY_UID_TAG:
@@ -447,23 +441,15 @@ def _meta_end_and_ts(buf: bytes) -> tuple[int | None, str | None]:
     """(offset after group 0002, TransferSyntaxUID) of a Part 10 buffer, or (None, None)."""
     pos, ts = 132, None
     while pos + 8 <= len(buf):
-        group, elem = struct.unpack_from("<HH", buf, pos)
-        if group != 0x0002:
+        if struct.unpack_from("<H", buf, pos)[0] != 0x0002:
             return pos, ts
-        vr = buf[pos + 4 : pos + 6]
-        if vr in _VR_LONG:
-            if pos + 12 > len(buf):
-                return None, None
-            length = struct.unpack_from("<L", buf, pos + 8)[0]
-            vpos = pos + 12
-        elif vr in _VR_SHORT:
-            length = struct.unpack_from("<H", buf, pos + 6)[0]
-            vpos = pos + 8
-        else:
+        head = _explicit_le_header(buf, pos)
+        if head is None:
             return None, None
+        tag, vpos, length = head
         if length == _UNDEFINED or vpos + length > len(buf):
             return None, None
-        if elem == 0x0010:
+        if tag == 0x00020010:
             ts = buf[vpos : vpos + length].rstrip(b"\x00 ").decode("ascii", "replace")
         pos = vpos + length
     return None, None

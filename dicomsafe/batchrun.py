@@ -207,18 +207,21 @@ def run_deidentify(
             def file_id(sf: Any) -> str:
                 return pseudo.keyed_id("file", fs_text(sf.relpath))
 
-            from .executors import default_jobs, local_pool
+            from .executors import default_jobs, local_pool, stop_requests
 
             njobs = default_jobs() if jobs is None else jobs
             pool = (stack.enter_context(local_pool(njobs, warm=("dicomsafe.deidentify", "dicomsafe.discover")))
                     if executor == "local" and njobs > 1 else None)
-            if executor == "dask":
-                units, others = plan_parallel(settings.src, jobs=njobs, executor=executor,
-                                              scheduler=scheduler, pool=pool)
-            else:
-                # Locally the grouping reads only 64 KiB per file (dicomio.peek_study_uid), so
-                # the parent does it while the pool's workers are still starting up.
-                units, others = plan_units(settings.src)
+            with stop_requests() as stop:  # a stop before any unit runs: clean exit 130, not a kill
+                if executor == "dask":
+                    units, others = plan_parallel(settings.src, jobs=njobs, executor=executor,
+                                                  scheduler=scheduler, pool=pool)
+                else:
+                    # Locally the grouping reads only 64 KiB per file (dicomio.peek_study_uid):
+                    # the parent does it, no need to ship the files to the workers.
+                    units, others = plan_units(settings.src)
+            if stop.set:
+                raise Interrupted("interrupted before any unit ran; run again (with --resume) to continue")
             total = sum(len(u.files) for u in units) + len(others)
             quiet = settings.quiet if progress is None else not progress
             bar = _progress(total, quiet)

@@ -62,10 +62,6 @@ class UnitFailure:
 FATAL = (OutputError, LockedError, MemoryError)
 
 
-def _noop() -> None:
-    return None
-
-
 def _worker_init(warm: tuple[str, ...] = ()) -> None:
     import importlib
 
@@ -110,17 +106,24 @@ class _StopFlag:
         return self.signum is not None
 
 
+def stop_requests() -> "_StopFlag":
+    """A stop flag for the phase before any unit runs (walking and grouping the source): SIGINT or
+    SIGTERM there only sets the flag, and the caller checks it at a safe point, so a systemd stop
+    in that phase ends with the same clean exit 130 as later on. (Raising from the signal handler
+    instead interrupted file-system calls halfway.) :func:`run_units` has its own flag."""
+    return _StopFlag()
+
+
 @contextlib.contextmanager
 def local_pool(jobs: int, warm: tuple[str, ...] = ()) -> Iterator[cf.ProcessPoolExecutor]:
     """A spawn-based worker pool to share between phases of one run (starting one costs ~0.5 s).
 
-    ``warm`` names modules each worker imports as it starts (e.g. the de-identification engine,
-    ~0.2 s of imports), so that this happens while the parent is still walking the source tree
-    rather than when the first unit arrives."""
+    ``warm`` names modules each worker imports as it starts (the de-identification engine, ~0.2 s
+    of imports). Workers start with the first unit submitted, not before: starting them at once
+    raced with an early SIGTERM (a worker still reading its start-up data when the parent stopped
+    printed a traceback into the run's output)."""
     pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                                   initializer=_worker_init, initargs=(warm,))
-    for _ in range(jobs):  # start every worker now: their imports overlap the parent's discovery
-        pool.submit(_noop)
     try:
         yield pool
     finally:

@@ -18,7 +18,7 @@ from typing import IO, Sequence
 import click
 
 from .. import crypto
-from ..errors import ConfigError, NoIdentityMatchedError, OutputError
+from ..errors import ConfigError, NoIdentityMatchedError
 from ..fsutil import write_secret_file
 from . import main
 
@@ -122,15 +122,14 @@ def _identities(identity: Sequence[str]) -> list:
     return found
 
 
+def _in_path_or_stdin(path: str | None) -> str | IO[bytes]:
+    """INPUT as given, or standard input for none or '-'."""
+    return sys.stdin.buffer if path in (None, "-") else path
+
+
 def _open_in(path: str | None) -> IO[bytes]:
-    if path in (None, "-"):
-        return sys.stdin.buffer
-    try:
-        return open(path, "rb")  # noqa: SIM115 - closed by the caller
-    except FileNotFoundError:
-        raise ConfigError("input file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read input file ({exc.strerror})") from None
+    src = _in_path_or_stdin(path)
+    return src if not isinstance(src, str) else crypto.open_input(src)  # closed by the caller
 
 
 def _to_stdout(output: str | None) -> bool:
@@ -259,22 +258,13 @@ def encrypt(recipient, recipients_file, passphrase, passphrase_fd, fmt, armor, o
         recips = _recipients(recipient, recipients_file)
     if _to_stdout(output) and not armor and sys.stdout.isatty():
         raise click.UsageError("refusing to write binary ciphertext to a terminal; use -o FILE or -a")
-    if input not in (None, "-") and not _to_stdout(output):
-        crypto.encrypt_file(input, output, recips, format=fmt, armor=armor, fips=fips)
+    if not _to_stdout(output):
+        crypto.encrypt_file(_in_path_or_stdin(input), output, recips, format=fmt, armor=armor, fips=fips)
         return
     fin = _open_in(input)
     try:
-        if _to_stdout(output):
-            crypto.encrypt_stream(fin, sys.stdout.buffer, recips, format=fmt, armor=armor, fips=fips)
-            sys.stdout.buffer.flush()
-        else:
-            from ..fsutil import atomic_writer
-
-            try:
-                with atomic_writer(output, 0o644) as fout:
-                    crypto.encrypt_stream(fin, fout, recips, format=fmt, armor=armor, fips=fips)
-            except OSError as exc:
-                raise OutputError(f"cannot write encrypted file ({exc.strerror})") from None
+        crypto.encrypt_stream(fin, sys.stdout.buffer, recips, format=fmt, armor=armor, fips=fips)
+        sys.stdout.buffer.flush()
     finally:
         if fin is not sys.stdin.buffer:
             fin.close()
@@ -310,22 +300,13 @@ def decrypt(identity, passphrase_fd, output, fips, input) -> None:
 
 
 def _decrypt(input: str | None, output: str | None, identities: list, fips: bool) -> None:
-    if input not in (None, "-") and not _to_stdout(output):
-        crypto.decrypt_file(input, output, identities, fips=fips)
+    if not _to_stdout(output):
+        crypto.decrypt_file(_in_path_or_stdin(input), output, identities, fips=fips)
         return
     fin = _open_in(input)
     try:
-        if _to_stdout(output):
-            crypto.decrypt_stream(fin, sys.stdout.buffer, identities, fips=fips)
-            sys.stdout.buffer.flush()
-        else:
-            from ..fsutil import atomic_writer
-
-            try:
-                with atomic_writer(output, 0o600) as fout:
-                    crypto.decrypt_stream(fin, fout, identities, fips=fips)
-            except OSError as exc:
-                raise OutputError(f"cannot write decrypted file ({exc.strerror})") from None
+        crypto.decrypt_stream(fin, sys.stdout.buffer, identities, fips=fips)
+        sys.stdout.buffer.flush()
     finally:
         if fin is not sys.stdin.buffer:
             fin.close()

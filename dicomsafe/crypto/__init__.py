@@ -14,10 +14,11 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from pathlib import Path
-from typing import IO, Iterable, Sequence
+from typing import IO, Iterable, Iterator, Sequence
 
 from ..errors import (
     ConfigError,
@@ -280,7 +281,8 @@ def _refuse_same_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) 
         raise ConfigError("the output file is the input file")
 
 
-def _open_input(path: str | os.PathLike[str]) -> IO[bytes]:
+def open_input(path: str | os.PathLike[str]) -> IO[bytes]:
+    """Open an input file for reading; a missing or unreadable one is a ConfigError (exit 2)."""
     try:
         return open(path, "rb")
     except FileNotFoundError:
@@ -289,8 +291,19 @@ def _open_input(path: str | os.PathLike[str]) -> IO[bytes]:
         raise ConfigError(f"cannot read input file ({exc.strerror})") from None
 
 
+@contextlib.contextmanager
+def _source(src, dst) -> Iterator[IO[bytes]]:
+    """A path is opened (and refused if it is the output); a file object (stdin) is used as is."""
+    if hasattr(src, "read"):
+        yield src
+        return
+    _refuse_same_file(src, dst)
+    with open_input(src) as fin:
+        yield fin
+
+
 def encrypt_file(
-    src: str | os.PathLike[str],
+    src: str | os.PathLike[str] | IO[bytes],
     dst: str | os.PathLike[str],
     recipients: Sequence[Recipient | str],
     *,
@@ -298,9 +311,9 @@ def encrypt_file(
     armor: bool = False,
     fips: bool = False,
 ) -> int:
-    """Encrypt file ``src`` to ``dst`` atomically (``dst`` appears only when complete)."""
-    _refuse_same_file(src, dst)
-    with _open_input(src) as fin:
+    """Encrypt ``src`` (a path, or a readable binary file such as stdin) to file ``dst``
+    atomically (``dst`` appears only when complete)."""
+    with _source(src, dst) as fin:
         try:
             with atomic_writer(dst, 0o644) as fout:
                 return encrypt_stream(fin, fout, recipients, format=format, armor=armor, fips=fips)
@@ -309,17 +322,16 @@ def encrypt_file(
 
 
 def decrypt_file(
-    src: str | os.PathLike[str],
+    src: str | os.PathLike[str] | IO[bytes],
     dst: str | os.PathLike[str],
     identities: Sequence[Identity],
     *,
     fips: bool = False,
 ) -> int:
-    """Decrypt ``src`` to ``dst``: plaintext goes to a temporary file (mode 0600: it may hold PHI)
-    that is renamed to ``dst`` only after the final chunk authenticated. On any failure nothing
-    is left at ``dst``."""
-    _refuse_same_file(src, dst)
-    with _open_input(src) as fin:
+    """Decrypt ``src`` (a path, or a readable binary file such as stdin) to ``dst``: plaintext goes
+    to a temporary file (mode 0600: it may hold PHI) that is renamed to ``dst`` only after the
+    final chunk authenticated. On any failure nothing is left at ``dst``."""
+    with _source(src, dst) as fin:
         try:
             with atomic_writer(dst, 0o600) as fout:
                 return decrypt_stream(fin, fout, identities, fips=fips)

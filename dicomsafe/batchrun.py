@@ -207,12 +207,12 @@ def run_deidentify(
             def file_id(sf: Any) -> str:
                 return pseudo.keyed_id("file", fs_text(sf.relpath))
 
-            from .executors import default_jobs, local_pool, stop_requests
+            from .executors import StopFlag, default_jobs, local_pool
 
             njobs = default_jobs() if jobs is None else jobs
-            pool = (stack.enter_context(local_pool(njobs, warm=("dicomsafe.deidentify", "dicomsafe.discover")))
+            pool = (stack.enter_context(local_pool(njobs))
                     if executor == "local" and njobs > 1 else None)
-            with stop_requests() as stop:  # a stop before any unit runs: clean exit 130, not a kill
+            with StopFlag() as stop:  # a stop before any unit runs: clean exit 130, not a kill
                 if executor == "dask":
                     units, others = plan_parallel(settings.src, jobs=njobs, executor=executor,
                                                   scheduler=scheduler, pool=pool)

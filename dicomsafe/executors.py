@@ -62,11 +62,7 @@ class UnitFailure:
 FATAL = (OutputError, LockedError, MemoryError)
 
 
-def _worker_init(warm: tuple[str, ...] = ()) -> None:
-    import importlib
-
-    for name in warm:
-        importlib.import_module(name)
+def _worker_init() -> None:
     # Ctrl-C reaches the whole foreground process group, and systemd's stop sends SIGTERM to
     # every process of the service: only the coordinator should react, by letting running
     # units finish. Workers exit when the pool shuts down (or with their parent).
@@ -78,14 +74,19 @@ def _failure(exc: BaseException) -> UnitFailure:
     return UnitFailure(type(exc).__name__, getattr(exc, "code", None))
 
 
-class _StopFlag:
-    """Turns SIGINT/SIGTERM into a flag the coordinator polls (main thread only)."""
+class StopFlag:
+    """Turns SIGINT/SIGTERM into a flag the coordinator polls (main thread only).
+
+    run_units uses one while units run; the batch layer also holds one while it walks and groups
+    the source, and checks it before any unit starts, so a systemd stop in that phase ends with
+    the same clean exit 130. (Raising from the handler instead interrupted file-system calls
+    halfway.)"""
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self._old: dict[int, Any] = {}
 
-    def __enter__(self) -> "_StopFlag":
+    def __enter__(self) -> "StopFlag":
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -106,24 +107,15 @@ class _StopFlag:
         return self.signum is not None
 
 
-def stop_requests() -> "_StopFlag":
-    """A stop flag for the phase before any unit runs (walking and grouping the source): SIGINT or
-    SIGTERM there only sets the flag, and the caller checks it at a safe point, so a systemd stop
-    in that phase ends with the same clean exit 130 as later on. (Raising from the signal handler
-    instead interrupted file-system calls halfway.) :func:`run_units` has its own flag."""
-    return _StopFlag()
-
-
 @contextlib.contextmanager
-def local_pool(jobs: int, warm: tuple[str, ...] = ()) -> Iterator[cf.ProcessPoolExecutor]:
+def local_pool(jobs: int) -> Iterator[cf.ProcessPoolExecutor]:
     """A spawn-based worker pool to share between phases of one run (starting one costs ~0.5 s).
 
-    ``warm`` names modules each worker imports as it starts (the de-identification engine, ~0.2 s
-    of imports). Workers start with the first unit submitted, not before: starting them at once
-    raced with an early SIGTERM (a worker still reading its start-up data when the parent stopped
-    printed a traceback into the run's output)."""
+    Workers start with the first unit submitted, not before: starting them at once raced with an
+    early SIGTERM (a worker still reading its start-up data when the parent stopped printed a
+    traceback into the run's output)."""
     pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                                  initializer=_worker_init, initargs=(warm,))
+                                  initializer=_worker_init)
     try:
         yield pool
     finally:
@@ -153,7 +145,7 @@ def run_units(
     jobs = default_jobs() if jobs is None else jobs
     if jobs < 1:
         raise ConfigError("--jobs must be at least 1")
-    with _StopFlag() as stop:
+    with StopFlag() as stop:
         if executor == "dask":
             if scheduler is None:
                 raise ConfigError("--executor dask needs --scheduler ADDRESS")

@@ -42,13 +42,18 @@ class _WritebackFile(io.FileIO):
 
     def write(self, b: Any) -> int:  # type: ignore[override]
         n = super().write(b)
-        if _fadvise is not None and n:
-            end = self.tell()
-            if end - self._kicked >= WRITEBACK_WINDOW:
-                with contextlib.suppress(OSError):
-                    _fadvise(self.fileno(), self._kicked, end - self._kicked, os.POSIX_FADV_DONTNEED)
-                self._kicked = end
+        if n and self.tell() - self._kicked >= WRITEBACK_WINDOW:
+            self.kick_rest()
         return n or 0
+
+    def kick_rest(self) -> None:
+        """Queue everything written since the last kick for write-out, without waiting."""
+        if _fadvise is None:
+            return
+        end = self.tell()
+        with contextlib.suppress(OSError):
+            _fadvise(self.fileno(), self._kicked, end - self._kicked, os.POSIX_FADV_DONTNEED)
+        self._kicked = end
 
 
 @contextlib.contextmanager
@@ -210,12 +215,11 @@ def staging_writer(path: str | os.PathLike[str], mode: int = 0o600) -> Iterator[
     except OSError as exc:
         raise OutputError(f"cannot create a file in the staging directory ({exc.strerror})") from None
     try:
-        with io.BufferedWriter(_WritebackFile(fd, "wb"), 1 << 16) as fh:
+        raw = _WritebackFile(fd, "wb")
+        with io.BufferedWriter(raw, 1 << 16) as fh:
             yield fh
             fh.flush()
-            if _fadvise is not None:  # the tail since the last 8 MiB window
-                with contextlib.suppress(OSError):
-                    _fadvise(fh.fileno(), fh.raw._kicked, 0, os.POSIX_FADV_DONTNEED)  # type: ignore[attr-defined]
+            raw.kick_rest()  # the tail since the last 8 MiB window
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             target.unlink()

@@ -152,3 +152,50 @@ def test_signal_stops_cleanly_with_130(tmp_path, sig):
     finals = {p.name for p in dst.iterdir() if not p.name.endswith(".tmp")}
     assert set(recorded) <= finals
     assert not any(p.name.endswith(".tmp") for p in dst.iterdir())
+
+
+def env_of(unit, ctx):
+    """Unit function: what the worker sees of one environment variable."""
+    return os.environ.get(unit)
+
+
+def test_pool_workers_see_the_parents_current_environment(monkeypatch):
+    """Forkserver workers would otherwise see the server's environment, frozen when it started
+    (the server is started once per process and reused)."""
+    from dicomsafe.executors import warm_up
+
+    warm_up()
+    monkeypatch.setenv("DICOMSAFE_TEST_ENV", "set-after-the-server-started")
+    got = {}
+    run_units(env_of, ["DICOMSAFE_TEST_ENV"], None, lambda u, r: got.update({u: r}), jobs=2)
+    assert got == {"DICOMSAFE_TEST_ENV": "set-after-the-server-started"}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="forkserver signal dispositions read from /proc")
+def test_forkserver_survives_a_stop_signal_and_one_in_the_start_window_is_kept():
+    """systemd's stop reaches every process of the job: the forkserver must ignore it (a killed
+    server left the coordinator waiting for its workers), and a SIGTERM this process receives
+    while it starts the server must still reach its handler afterwards."""
+    script = textwrap.dedent("""
+        import os, signal, time
+        from multiprocessing import forkserver
+        from dicomsafe import executors
+        got = []
+        signal.signal(signal.SIGTERM, lambda *a: got.append("term"))
+        start = forkserver.ensure_running
+        def start_with_a_stop_in_the_window():
+            os.kill(os.getpid(), signal.SIGTERM)
+            start()
+        forkserver.ensure_running = start_with_a_stop_in_the_window
+        executors.warm_up()
+        time.sleep(0.2)
+        pid = forkserver._forkserver._forkserver_pid
+        os.kill(pid, signal.SIGTERM)
+        time.sleep(0.3)
+        state = [l for l in open(f"/proc/{pid}/status") if l.startswith("State:")]
+        assert state and "Z" not in state[0].split()[1], state  # gone or a zombie: it died
+        print(got)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "['term']"

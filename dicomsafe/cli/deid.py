@@ -57,6 +57,10 @@ def deidentify(ctx: click.Context, src: Path, dst: Path, profile: str, options: 
     Output paths are built from pseudonyms only: DST/<patient>/<study>/<series>/<instance>.dcm.
     Exit 0 when every DICOM input was written, 1 when some were quarantined.
     """
+    if executor == "local" and jobs != 1:
+        from ..executors import warm_up
+
+        warm_up()  # the workers' imports (pydicom and all) overlap ours and the grouping
     from .. import audit
     from ..batchrun import run_deidentify
     from ..pipeline import RunSettings

@@ -108,3 +108,22 @@ def test_count_outputs_ignores_dicomsafe_state_and_temp_files(bench, tmp_path):
     assert bench.count_outputs(tmp_path) == 1
     shutil.rmtree(tmp_path / "a")
     assert bench.count_outputs(tmp_path) == 0
+
+
+def test_reread_floor_writes_what_the_floor_writes_and_is_reported_as_context(bench, tmp_path):
+    from pydicom.data import get_testdata_file
+
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    for name in ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm"):  # rtplan: nested sequences
+        shutil.copy(get_testdata_file(name, download=False), src / "a" / name)
+    assert bench._floor([str(src), str(tmp_path / "floor")]) == 0
+    assert bench._floor_reread([str(src), str(tmp_path / "reread")]) == 0
+    for f in (src / "a").iterdir():
+        assert (tmp_path / "reread" / "a" / f.name).read_bytes() == (tmp_path / "floor" / "a" / f.name).read_bytes()
+    res = {"cases": [{"key": "pydicom", "n_files": 3, "n_bytes": 0, "median": _med(100.0)},
+                     {"key": "dicomsafe", "n_files": 3, "n_bytes": 0, "median": _med(30.0)},
+                     {"key": "pydicom-reread", "n_files": 3, "n_bytes": 0, "median": _med(60.0)}]}
+    lines = {t: (v, s) for t, v, s in bench.targets(res)}
+    context = [k for k in lines if k.startswith("(context) pydicom read+write+re-read")]
+    assert context and lines[context[0]][0] == "0.60×"

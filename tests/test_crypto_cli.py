@@ -152,6 +152,27 @@ def test_stdout_failure_still_exits_3(tmp_path, key):
     assert data.startswith(proc.stdout) and len(proc.stdout) < len(data)
 
 
+def test_reader_of_stdout_stopping_early_is_a_silent_141(tmp_path, key):
+    """`dicomsafe decrypt … | head`: like any Unix filter (and the age CLI), stop silently with
+    128 + SIGPIPE instead of printing an I/O error and exiting 4."""
+    path, recipient = key
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(40 * CHUNK))
+    enc = tmp_path / "big.age"
+    assert ds("encrypt", "-r", recipient, "-o", enc, src).returncode == 0
+    p = subprocess.Popen([sys.executable, "-m", "dicomsafe", "decrypt", "-i", str(path), str(enc)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    head = p.stdout.read(100)
+    p.stdout.close()  # the reader goes away with 2.5 MB still to come
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141, err
+    assert err == ""
+    assert head == src.read_bytes()[:100]
+    full = subprocess.run([sys.executable, "-m", "dicomsafe", "decrypt", "-i", str(path), str(enc)],
+                          stdout=open("/dev/full", "wb"), stderr=subprocess.PIPE, env=ENV, timeout=120)
+    assert full.returncode == 4 and b"No space left" in full.stderr  # a real write error is still one
+
+
 def test_passphrase_from_fd(tmp_path):
     src, ct, out = tmp_path / "in.bin", tmp_path / "c.age", tmp_path / "out.bin"
     src.write_bytes(b"passphrase data")

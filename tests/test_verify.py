@@ -338,6 +338,21 @@ def test_ssn_in_pixel_data_but_not_pixel_noise(mr, tmp_path):
     assert verify_file(p, phi) == [Finding("(7FE0,0010) PixelData", "ssn")]
 
 
+@pytest.mark.parametrize("at", [0, (1 << 20) - 11, (1 << 20) - 5, (1 << 20) - 1, (2 << 20) - 11])
+def test_ssn_in_pixel_bytes_found_across_scan_chunks(at):
+    """The pixel pass scans 1 MiB at a time: an SSN wherever it sits — including across a chunk
+    boundary — is found; a mixed-separator or too-long digit run is not an SSN."""
+    noise = bytes(range(256)) * ((2 << 20) // 256) + b"\0" * 64  # every byte value, no SSN
+    assert not find_in_bytes(noise, None, pixel_range=(0, len(noise)))
+    px = bytearray(noise)
+    px[at:at + 11] = b"078 05 1120"
+    assert [f.kind for f in find_in_bytes(bytes(px), None, pixel_range=(0, len(px)))] == ["ssn"]
+    px[at:at + 11] = b"078-05 1120"
+    assert not find_in_bytes(bytes(px), None, pixel_range=(0, len(px)))
+    px[at:at + 12] = b"078-05-11209"
+    assert not find_in_bytes(bytes(px), None, pixel_range=(0, len(px)))
+
+
 def test_unreadable_output_fails_closed(tmp_path):
     p = tmp_path / "bad.dcm"
     p.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\xff")

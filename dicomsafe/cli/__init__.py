@@ -33,6 +33,9 @@ EXIT_USAGE = 2
 EXIT_CRYPTO = 3
 EXIT_IO = 4
 EXIT_INTERRUPTED = 130
+#: The reader of standard output went away (``decrypt … | head``): exit as a Unix filter killed
+#: by SIGPIPE would (128 + 13), silently — the age CLI and cat do the same.
+EXIT_BROKEN_PIPE = 141
 
 #: Error class → exit code; most specific first.
 EXIT_CODES: list[tuple[type[BaseException], int]] = [
@@ -88,9 +91,39 @@ class DicomsafeGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("dicomsafe: interrupted", err=True)
             ctx.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError as exc:
+            if not _stdout_reader_gone():  # some other pipe (a helper process): a real I/O error
+                click.echo(f"dicomsafe: error: {safelog.safe_error_text(exc)}", err=True)
+                ctx.exit(EXIT_IO)
+            _detach_stdout()
+            ctx.exit(EXIT_BROKEN_PIPE)
         except (DicomsafeError, OSError) as exc:
             click.echo(f"dicomsafe: error: {safelog.safe_error_text(exc)}", err=True)
             ctx.exit(exit_code_for(exc))
+
+
+def _stdout_reader_gone() -> bool:
+    """True when standard output is a pipe whose reading end is closed (poll reports POLLERR)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or stdout not a real file
+        return False
+
+
+def _detach_stdout() -> None:
+    """Point fd 1 at /dev/null so the interpreter's final flush of stdout does not fail again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):
+        pass
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
@@ -113,7 +146,8 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """De-identify and encrypt DICOM studies: safe to share, safe to keep.
 
     Exit codes: 0 success; 1 completed with findings (PHI found, files quarantined);
-    2 usage or configuration error; 3 cryptographic failure; 4 I/O error; 130 interrupted.
+    2 usage or configuration error; 3 cryptographic failure; 4 I/O error; 130 interrupted;
+    141 the reader of standard output stopped reading.
     """
     ctx.ensure_object(dict)
     ctx.obj["quiet"] = quiet

@@ -100,6 +100,9 @@ class DicomsafeGroup(click.Group):
         except (DicomsafeError, OSError) as exc:
             click.echo(f"dicomsafe: error: {safelog.safe_error_text(exc)}", err=True)
             ctx.exit(exit_code_for(exc))
+        finally:
+            if "dicomsafe.executors" in sys.modules:  # a worker pool ran: account for its CPU
+                sys.modules["dicomsafe.executors"].stop_server()
 
 
 def _stdout_reader_gone() -> bool:

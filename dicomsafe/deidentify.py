@@ -54,6 +54,9 @@ class Deidentifier:
         self.verify = verify
         opts = set(profile.options)
         self.ignore_kinds = phi_verify.ignore_kinds_for_options(opts)
+        # Attributes the profile truncates to the year: YYYY0101 there is the profile's own output,
+        # not a leak, even when the original date was 1 January (verify.find_in_dataset).
+        self.year_tags = frozenset(tag for tag, rule in self.plan.exact.items() if rule.action == "year")
         self.needs_shift = "retain-longitudinal-modified-dates" in opts or any(
             o.action == "shift" for o in profile.overrides)
         # Free text kept by C actions can name the patient the way a *sibling* file does (a
@@ -156,7 +159,7 @@ class Deidentifier:
             pixel_ref = self._pixels(ds, rr, phi, res)
             res.sha256 = dicomio.write_dicom(ds, staged, pixel_ref=pixel_ref, staged=True)
             if self.verify:
-                findings = _guarded(_verify, "verify-failed", staged, phi, self.ignore_kinds)
+                findings = _guarded(_verify, "verify-failed", staged, phi, self.ignore_kinds, self.year_tags)
                 if findings:
                     staged.unlink(missing_ok=True)
                     res.details = findings
@@ -252,6 +255,6 @@ def _scrubber(phi: Any, kinds: tuple[str, ...]) -> Callable[[str], str]:
     return lambda s: text.scrub(s, phi, kinds)
 
 
-def _verify(path: Path, phi: Any, ignore_kinds: frozenset[str]) -> list[str]:
-    findings = phi_verify.verify_file(path, phi, ignore_kinds=ignore_kinds)
+def _verify(path: Path, phi: Any, ignore_kinds: frozenset[str], year_tags: frozenset[int]) -> list[str]:
+    findings = phi_verify.verify_file(path, phi, ignore_kinds=ignore_kinds, year_tags=year_tags)
     return [f"{f.path}: {f.kind}" for f in findings]

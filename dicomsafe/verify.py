@@ -970,8 +970,17 @@ def _vr_once_converted(raw) -> str | None:
     return vr
 
 
+_YEAR_START = re.compile(r"[0-9]{4}0101")
+
+
+def is_year_start(text: str) -> bool:
+    """Whether a DA value (possibly multi-valued) is all YYYY0101: what the ``year`` action writes."""
+    return bool(text) and all(_YEAR_START.fullmatch(p.strip()) for p in text.split("\\"))
+
+
 def find_in_dataset(ds: Dataset, phi: PhiValues | None, *, ignore_kinds: Iterable[str] = frozenset(),
-                    name_heuristic: bool | None = None, _trailing: frozenset[int] = frozenset()) -> list[Finding]:
+                    name_heuristic: bool | None = None, _trailing: frozenset[int] = frozenset(),
+                    year_tags: frozenset[int] = frozenset()) -> list[Finding]:
     """Search every element of ``ds`` at any depth, private blocks and the file meta.
 
     With ``phi`` the harvested values are searched (names in free-text VRs down to 2-letter tokens,
@@ -979,8 +988,14 @@ def find_in_dataset(ds: Dataset, phi: PhiValues | None, *, ignore_kinds: Iterabl
     number only in long free text or next to an SSN label), e-mail, phone and dates in free text.
     ``name_heuristic`` (default: on when ``phi`` is None) reports any PN holding a name-like value.
     Pixel data and numeric/binary VRs are not searched. Findings are PHI-free and de-duplicated.
+
+    ``year_tags``: the DA attributes the profile truncates to the year (action ``year`` writes
+    YYYY0101). In them a value YYYY0101 is not searched for the input's other dates: when the
+    original date was 1 January the truncation equals it, yet it says no more than the year the
+    profile keeps on purpose. Everything else (birth date, patterns) is still searched there.
     """
     kinds = ALL_KINDS - frozenset(ignore_kinds)
+    year_kinds = kinds - {"date"}
     heuristic = phi is None if name_heuristic is None else name_heuristic
     pseudonyms = _own_ids(ds) if heuristic else frozenset()
     out: list[Finding] = []
@@ -1014,14 +1029,18 @@ def find_in_dataset(ds: Dataset, phi: PhiValues | None, *, ignore_kinds: Iterabl
                 continue
             search_vr = vr if converted else "UN"
             kw = (keyword or "") if converted else ""
-            out.extend(search(_elem_text(elem, raw=not converted), search_vr, path, tag, kw))
+            text = _elem_text(elem, raw=not converted)
+            if tag in year_tags and search_vr == "DA" and is_year_start(text):
+                out.extend(search(text, search_vr, path, tag, kw, year_kinds))
+            else:
+                out.extend(search(text, search_vr, path, tag, kw))
 
-    def search(text: str, vr: str, path: str, tag: int, kw: str) -> list[Finding]:
-        """Findings in one element's text, searched as ``vr``."""
+    def search(text: str, vr: str, path: str, tag: int, kw: str, sel: frozenset[str] = kinds) -> list[Finding]:
+        """Findings in one element's text, searched as ``vr`` for the kinds ``sel``."""
         found = []
-        if tag == 0x00100030 and text.strip() and "birth-date" in kinds:
+        if tag == 0x00100030 and text.strip() and "birth-date" in sel:
             found.append(Finding(path, "birth-date"))  # PS3.15: Z in every profile, no option keeps it
-        found.extend(_search_text(text, vr, path, phi, kinds, heuristic, kw, pseudonyms, tag))
+        found.extend(_search_text(text, vr, path, phi, sel, heuristic, kw, pseudonyms, tag))
         return found
 
     shortcut = _default_conversion()
@@ -1336,16 +1355,23 @@ def _locate(buf, spans: list[tuple[int, str]], nested) -> list[tuple[int, int]]:
 
 
 def verify_file(path: str | os.PathLike, phi: PhiValues | None, *, ignore_kinds: Iterable[str] = frozenset(),
-                pixel_range: tuple[int, int] | list[tuple[int, int]] | None = None) -> list[Finding]:
+                pixel_range: tuple[int, int] | list[tuple[int, int]] | None = None,
+                year_tags: frozenset[int] = frozenset()) -> list[Finding]:
     """Parse ``path`` with pydicom and search it, then search its raw bytes (fail closed).
 
     ``pixel_range`` defaults to the value ranges of sampled data found by the parse (pixel data,
     overlay planes, waveforms, icons and other nested pixel data); pass ``(0, 0)`` to search
     every byte. A file pydicom cannot parse yields ``Finding("file", "unreadable")``
     (it cannot be proven clean) plus whatever the byte search finds.
+
+    ``year_tags`` as in :func:`find_in_dataset`. The byte search labels a hit by its top-level
+    element, so there a ``date`` hit is set aside only in a *top-level* year-truncated element
+    holding YYYY0101 (the hit can only be that value: the element holds nothing else); inside a
+    sequence it stays a finding (fail closed).
     """
     path = Path(path)
     findings: list[Finding] = []
+    year_labels: frozenset[str] = frozenset()
     spans: list[tuple[int, str]] | None = None
     dataset_end: int | None = None
     auto_pixel: list[tuple[int, int]] = []
@@ -1360,7 +1386,9 @@ def verify_file(path: str | os.PathLike, phi: PhiValues | None, *, ignore_kinds:
                 raise ValueError("empty dataset")
             spans, dataset_end, auto_pixel, trailing = _raw_offsets(ds)
             nested_pixels = _nested_pixel_values(ds)
-            findings.extend(find_in_dataset(ds, phi, ignore_kinds=ignore_kinds, _trailing=trailing))
+            findings.extend(find_in_dataset(ds, phi, ignore_kinds=ignore_kinds, _trailing=trailing,
+                                            year_tags=year_tags))
+            year_labels = _year_start_labels(ds, year_tags, trailing)
         except Exception as exc:  # any parse failure: unprovable, so a finding (type only, no text)
             log.debug("verify: parse failed (%s)", type(exc).__name__)
             if "unreadable" not in set(ignore_kinds):
@@ -1373,10 +1401,26 @@ def verify_file(path: str | os.PathLike, phi: PhiValues | None, *, ignore_kinds:
             else:
                 skips = list(auto_pixel) + _locate(mm, spans or [], nested_pixels)
             findings.extend(
-                find_in_bytes(mm, phi, ignore_kinds=ignore_kinds, pixel_range=skips,
-                              spans=spans, dataset_end=dataset_end)
+                f for f in find_in_bytes(mm, phi, ignore_kinds=ignore_kinds, pixel_range=skips,
+                                         spans=spans, dataset_end=dataset_end)
+                if not (f.kind == "date" and f.path in year_labels)
             )
     return _dedupe(findings)
+
+
+def _year_start_labels(ds: Dataset, year_tags: frozenset[int], trailing: frozenset[int]) -> frozenset[str]:
+    """Byte-search labels of the top-level year-truncated DA elements that hold YYYY0101."""
+    out = set()
+    for tag in year_tags:
+        if tag in trailing or tag not in ds:
+            continue
+        try:
+            elem = ds[tag]
+        except Exception:  # noqa: BLE001 - unconvertible: not set aside
+            continue
+        if elem.VR == "DA" and is_year_start(_elem_text(elem, raw=False)):
+            out.add(_tag_label(tag))
+    return frozenset(out)
 
 
 #: Profile options whose retained values legitimately stay in the output, and the finding kinds

@@ -140,6 +140,16 @@ def test_safe_harbor_on_a_real_file():
     assert not [e for e in out if e.tag.is_private]
 
 
+def test_safe_harbor_writes_a_study_of_1_january(tmp_path):
+    """Truncated to the year, 20170101 stays 20170101: verification must not take the profile's
+    own output for the original date (it quarantined every such file, 20 of pydicom's)."""
+    name = "SC_rgb_dcmtk_+eb+cr.dcm"
+    assert dcmread(TEST_FILES / name).StudyDate == "20170101"
+    res = Deidentifier(load_profile("safe-harbor"), SECRET).process_file(TEST_FILES / name, tmp_path, "f1")
+    assert (res.outcome, res.reason) == ("written", None), res.details
+    assert dcmread(res.staged).StudyDate == "20170101"
+
+
 def test_safe_harbor_caps_ages_over_89():
     ds = dcmread(TEST_FILES / "CT_small.dcm")
     ds.PatientAge = "093Y"

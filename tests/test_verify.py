@@ -626,3 +626,62 @@ def test_uuid_derived_2_25_uids_are_harvested_and_found(tmp_path):
     leaky = tmp_path / "leaky.dcm"
     dicomio.write_dicom(rr.dataset, leaky, pixel_ref=rr.pixel_ref)
     assert Finding("(0020,4000) ImageComments", "uid") in verify_file(leaky, phi)
+
+
+# -- year-truncated dates (action "year": DA → YYYY0101) ----------------------------------------
+
+_STUDY_DATE, _CONTENT_DATE = 0x00080020, 0x00080023
+
+
+def _jan1_study(mr):
+    """MR_small with a 1 January study date, as a year-truncating profile leaves it: the truncation
+    YYYY0101 equals the original."""
+    src, _ = mr
+    src.StudyDate = "20170101"
+    src.ContentDate = "20170315"
+    phi = harvest(src)
+    out = clean_copy(src)
+    out.StudyDate = "20170101"
+    out.ContentDate = "20170101"
+    return out, phi
+
+
+def test_year_start_in_a_year_truncated_element_is_not_a_date_finding(mr, tmp_path):
+    out, phi = _jan1_study(mr)
+    p = tmp_path / "y.dcm"
+    _write(out, p)
+    # without knowing which attributes the profile truncates, 20170101 is the original date
+    assert Finding("(0008,0020) StudyDate", "date") in verify_file(p, phi)
+    assert verify_file(p, phi, year_tags=frozenset({_STUDY_DATE, _CONTENT_DATE})) == []
+
+
+def test_year_start_elsewhere_is_still_found(mr, tmp_path):
+    out, phi = _jan1_study(mr)
+    out.StudyDescription = "follow-up of 2017-01-01"  # free text keeps the exact date
+    out.AcquisitionDate = "20170101"  # a DA the profile does not truncate
+    p = tmp_path / "y.dcm"
+    _write(out, p)
+    got = verify_file(p, phi, year_tags=frozenset({_STUDY_DATE, _CONTENT_DATE}))
+    assert Finding("(0008,1030) StudyDescription", "date") in got
+    assert Finding("(0008,0022) AcquisitionDate", "date") in got
+    assert not [f for f in got if f.path in ("(0008,0020) StudyDate", "(0008,0023) ContentDate")]
+
+
+def test_year_start_inside_a_sequence_stays_a_byte_finding(mr, tmp_path):
+    """The byte search names the top-level sequence, which could hold anything: fail closed."""
+    out, phi = _jan1_study(mr)
+    item = Dataset()
+    item.StudyDate = "20170101"
+    out.RequestAttributesSequence = Sequence([item])
+    p = tmp_path / "y.dcm"
+    _write(out, p)
+    got = verify_file(p, phi, year_tags=frozenset({_STUDY_DATE, _CONTENT_DATE}))
+    assert [f.path for f in got] == ["(0040,0275) RequestAttributesSequence"]
+    assert find_in_dataset(pydicom.dcmread(p), phi, year_tags=frozenset({_STUDY_DATE, _CONTENT_DATE})) == []
+
+
+def test_year_tags_never_hide_the_birth_date(mr):
+    out, phi = _jan1_study(mr)
+    out.PatientBirthDate = "19800101"
+    got = find_in_dataset(out, phi, year_tags=frozenset({0x00100030}))
+    assert Finding("(0010,0030) PatientBirthDate", "birth-date") in got

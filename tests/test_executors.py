@@ -228,3 +228,16 @@ def test_cli_accounts_for_its_workers_cpu(tmp_path):
     inline, pooled = cpu_of("1"), cpu_of("2")
     # 120 files are ~0.6 s of one core; the coordinator alone of a pooled run is well under that
     assert pooled >= 0.8 * inline, (inline, pooled)
+
+
+def test_cli_keeps_numpy_to_one_blas_thread_unless_told_otherwise():
+    """Spinning BLAS threads in the command, the forkserver and every worker cost CPU that the
+    workers need; a user's own setting wins."""
+    code = "import os, dicomsafe.cli, numpy; print(os.environ['OPENBLAS_NUM_THREADS'])"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    env["PYTHONPATH"] = ROOT
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "1", out.stderr
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OPENBLAS_NUM_THREADS": "3"},
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "3", out.stderr

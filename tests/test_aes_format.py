@@ -28,7 +28,7 @@ import dicomsafe.crypto as crypto
 from dicomsafe.crypto import aes, fips
 from dicomsafe.crypto.age import HybridIdentity, X25519Identity
 from dicomsafe.crypto.header import HeaderError, HeaderMacError, b64decode
-from dicomsafe.crypto.stream import CHUNK_SIZE, PayloadError
+from dicomsafe.crypto.stream import CHUNK_SIZE, READ_CHUNKS, PayloadError
 from dicomsafe.errors import ConfigError, IntegrityError, NoIdentityMatchedError, SecretFileError
 
 SIZES = [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 3 * CHUNK_SIZE + 17]
@@ -155,8 +155,9 @@ def test_multiple_recipients_each_open(rsa_key, p256_key):
         assert dec(blob, [ident]) == b"multi"
 
 
-def test_reads_are_bounded_to_one_chunk(p256_key):
-    """Constant memory: the encryptor never asks its reader for more than one chunk."""
+def test_reads_are_bounded_to_one_read_block(p256_key):
+    """Constant memory: the encryptor never asks its reader for more than one read block
+    (READ_CHUNKS chunks, 1 MiB), however long the input."""
     sizes: list[int] = []
 
     class Recording(io.BytesIO):
@@ -165,8 +166,8 @@ def test_reads_are_bounded_to_one_chunk(p256_key):
             return super().read(n)
 
     out = io.BytesIO()
-    aes.encrypt_stream(Recording(os.urandom(5 * CHUNK_SIZE + 3)), out, [fips.P256Recipient(p256_key.public_key())])
-    assert sizes and all(0 < n <= CHUNK_SIZE for n in sizes)
+    aes.encrypt_stream(Recording(os.urandom(40 * CHUNK_SIZE + 3)), out, [fips.P256Recipient(p256_key.public_key())])
+    assert sizes and all(0 < n <= READ_CHUNKS * CHUNK_SIZE for n in sizes)
 
 
 # --- conformance with the written specification ----------------------------------------------

@@ -144,6 +144,19 @@ def test_short_reads_like_a_pipe(x_ident):
     assert plain.getvalue() == data
 
 
+@pytest.mark.parametrize("n", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 16 * CHUNK - 1, 16 * CHUNK, 16 * CHUNK + 1,
+                               32 * CHUNK, 33 * CHUNK - 7])
+def test_chunking_across_read_blocks(x_ident, n):
+    """The encryptor reads 16 chunks at a time; around those blocks every chunk is still 64 KiB
+    but the last, a non-empty input never ends in an empty chunk, and the age CLI's rules hold:
+    payload size = n + 16 per chunk, chunks = max(1, ceil(n / 64 KiB))."""
+    data = os.urandom(n)
+    blob = enc(data, [x_ident.recipient()])
+    chunks = max(1, -(-n // CHUNK))
+    assert len(blob) - _payload_start(blob) == n + 16 * chunks
+    assert dec(blob, [x_ident]) == data
+
+
 # --- tampering ------------------------------------------------------------------------------
 
 

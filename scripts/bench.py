@@ -982,17 +982,28 @@ def main(argv: list[str]) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _floor(argv: list[str]) -> int:
-    """Bare pydicom: dcmread + save_as of every file, one process — the floor for pydicom tools."""
+def _read_each(src: Path, dst: Path):
+    """(dataset, output path) of every .dcm under ``src``, read with pydicom; the output's folder exists."""
     import pydicom
 
-    src, dst = Path(argv[0]), Path(argv[1])
     for f in files_under(src):
         if not f.name.endswith(".dcm"):
             continue
-        ds = pydicom.dcmread(f)
         o = dst / f.relative_to(src)
         o.parent.mkdir(parents=True, exist_ok=True)
+        yield pydicom.dcmread(f), o
+
+
+def _fsync_all(paths: list[Path]) -> None:
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+
+
+def _floor(argv: list[str]) -> int:
+    """Bare pydicom: dcmread + save_as of every file, one process — the floor for pydicom tools."""
+    for ds, o in _read_each(Path(argv[0]), Path(argv[1])):
         ds.save_as(o)
     return 0
 
@@ -1027,12 +1038,7 @@ def _floor_reread(argv: list[str]) -> int:
     durable = "--durable" in argv
     src, dst = (Path(a) for a in argv if a != "--durable")
     unsynced: list[Path] = []
-    for f in files_under(src):
-        if not f.name.endswith(".dcm"):
-            continue
-        ds = pydicom.dcmread(f)
-        o = dst / f.relative_to(src)
-        o.parent.mkdir(parents=True, exist_ok=True)
+    for ds, o in _read_each(src, dst):
         if durable:
             buf = DicomBytesIO()
             ds.save_as(buf)
@@ -1041,18 +1047,12 @@ def _floor_reread(argv: list[str]) -> int:
             o.write_bytes(data)
             unsynced.append(o)
             if len(unsynced) == 32:
-                for u in unsynced:
-                    fd = os.open(u, os.O_RDONLY)
-                    os.fsync(fd)
-                    os.close(fd)
+                _fsync_all(unsynced)
                 unsynced.clear()
         else:
             ds.save_as(o)
         decode_text(pydicom.dcmread(o, defer_size="2 MB"))
-    for u in unsynced:
-        fd = os.open(u, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
+    _fsync_all(unsynced)
     return 0
 
 

@@ -9,7 +9,8 @@ so the caller passes an already-keyed AEAD object.
 
 The counter binds each chunk to its position (reordering and duplication fail), the flag binds the
 end of the stream (truncation at a chunk boundary fails), and the reader refuses any byte after the
-final chunk (trailing data). Memory is constant: one chunk in, one chunk out.
+final chunk (trailing data). Memory is constant: a 1 MiB read block in, a few MiB of sealed chunks
+queued for the writer thread (fsutil.BackgroundWriter).
 """
 
 from __future__ import annotations

@@ -207,13 +207,13 @@ def run_deidentify(
             def file_id(sf: Any) -> str:
                 return pseudo.keyed_id("file", fs_text(sf.relpath))
 
-            from .executors import StopFlag, default_jobs, local_pool, warm_up
+            from .executors import StopFlag, default_jobs, local_pool
 
             njobs = default_jobs() if jobs is None else jobs
-            pool = None
-            if executor == "local" and njobs > 1:
-                warm_up()  # worker imports overlap the grouping below
-                pool = stack.enter_context(local_pool(njobs))
+            # local_pool starts the forkserver (if the CLI has not yet): the workers' imports
+            # overlap the grouping below.
+            pool = (stack.enter_context(local_pool(njobs))
+                    if executor == "local" and njobs > 1 else None)
             with StopFlag() as stop:  # a stop before any unit runs: clean exit 130, not a kill
                 if executor == "dask":
                     units, others = plan_parallel(settings.src, jobs=njobs, executor=executor,

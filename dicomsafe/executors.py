@@ -29,6 +29,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, TypeVar
@@ -169,8 +170,6 @@ def stop_server() -> None:
     then count as this process's children, so `time dicomsafe … --jobs 2` (and the benchmark)
     see the whole run; without it the server outlived the command and its CPU went unreported.
     Uses ForkServer._stop, multiprocessing's own (private) way to stop it; a no-op without it."""
-    import sys
-
     module = sys.modules.get("multiprocessing.forkserver")
     stop = getattr(getattr(module, "_forkserver", None), "_stop", None)
     if stop is not None:

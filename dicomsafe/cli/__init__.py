@@ -127,8 +127,6 @@ def _stdout_reader_gone() -> bool:
 
 def _detach_stdout() -> None:
     """Point fd 1 at /dev/null so the interpreter's final flush of stdout does not fail again."""
-    import os
-
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

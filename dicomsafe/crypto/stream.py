@@ -111,13 +111,13 @@ def _pieces(reader: IO[bytes], size: int) -> Iterator[memoryview]:
     """``reader``'s bytes in ``size`` pieces (the last one may be shorter; none for an empty
     input), read READ_CHUNKS pieces per call. Pieces are views of immutable ``bytes``."""
     block_size = size * READ_CHUNKS
-    block = read_full(reader, block_size)
-    while block:
+    while True:
+        block = read_full(reader, block_size)
         view = memoryview(block)
-        following = read_full(reader, block_size) if len(block) == block_size else b""
         for start in range(0, len(block), size):
             yield view[start:start + size]
-        block = following
+        if len(block) < block_size:  # short only at the end of the input
+            return
 
 
 def decrypt(aead: AEAD, reader: IO[bytes], writer: IO[bytes]) -> int:

@@ -17,11 +17,12 @@ from typing import Any, Callable
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from . import __version__, dicomio, text
+from . import __version__, dicomio, rawlane, text
 from . import verify as phi_verify
 from .errors import InputFileError, OutputError
 from .fsutil import sync_files
 from .profiles import Profile
+from .rawds import NotEligible
 from .pseudonyms import Pseudonymizer
 from .rules import CID7050, Context, Plan, compile_plan
 
@@ -47,7 +48,7 @@ class FileResult:
 class Deidentifier:
     """Everything needed to de-identify files for one profile and one secret."""
 
-    def __init__(self, profile: Profile, secret: bytes, *, verify: bool = True):
+    def __init__(self, profile: Profile, secret: bytes, *, verify: bool = True, raw_lane: bool = True):
         self.profile = profile
         self.plan: Plan = compile_plan(profile)
         self.pseudo = Pseudonymizer(secret)
@@ -67,6 +68,9 @@ class Deidentifier:
                                                 "retain-patient-characteristics"})
         self._method = _method_text(profile)
         self._codes = _method_codes(profile)
+        # The raw lane (dicomsafe.rawlane) runs the same engine without pydicom Datasets on the
+        # common case and hands everything else, findings included, to the full lane below.
+        self.raw_lane = raw_lane and rawlane.supports(self)
 
     # -- pure part ---------------------------------------------------------------------------
 
@@ -137,8 +141,13 @@ class Deidentifier:
 
         Never raises for a bad input: every per-file problem becomes a quarantined result.
         """
-        res = FileResult(file_id=file_id, outcome="quarantined", src_path=os.fspath(path))
         staged = staging_dir / f"{file_id}.dcm"
+        if self.raw_lane:
+            try:
+                return rawlane.process_file(self, path, staged, file_id, study)
+            except NotEligible as exc:
+                log.debug("file %s: full lane (%s)", file_id, exc)
+        res = FileResult(file_id=file_id, outcome="quarantined", src_path=os.fspath(path))
         try:
             rr = dicomio.read_dicom(path)
             res.preamble_threat = rr.preamble_threat

@@ -41,6 +41,10 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from . import text as _t
+from .rawds import RawDataset
+
+#: What a sequence item can be: pydicom's Dataset, or the raw lane's (dicomsafe.rawds).
+_DATASETS = (Dataset, RawDataset)
 
 log = logging.getLogger(__name__)
 
@@ -717,7 +721,7 @@ def harvest(ds: Dataset) -> PhiValues:
             vr = elem.VR
             if vr == "SQ":
                 for item in elem.value or ():
-                    if isinstance(item, Dataset):
+                    if isinstance(item, _DATASETS):
                         walk(item, depth + 1)
                 continue
             kw = elem.keyword or ""
@@ -1022,7 +1026,7 @@ def find_in_dataset(ds: Dataset, phi: PhiValues | None, *, ignore_kinds: Iterabl
                 t = Tag(tag)
                 step = f"{prefix}({t.group:04X},{t.element:04X})"
                 for i, item in enumerate(elem.value or ()):
-                    if isinstance(item, Dataset):
+                    if isinstance(item, _DATASETS):
                         walk(item, f"{step}[{i}].", depth + 1)
                 continue
             if converted and vr in _SKIP_VRS:
@@ -1332,7 +1336,7 @@ def _nested_pixel_values(ds: Dataset) -> list[tuple[str, bytes, int]]:
                 except Exception:
                     continue
                 for item in items or ():
-                    if isinstance(item, Dataset):
+                    if isinstance(item, _DATASETS):
                         walk(item, top or _tag_label(tag), depth + 1)
 
     walk(ds, "", 0)

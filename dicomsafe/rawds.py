@@ -1,0 +1,404 @@
+"""A light dataset over the raw bytes of an explicit VR little endian file (the raw lane's codec).
+
+Why it exists: building a pydicom Dataset, converting every value and encoding every value again
+is most of the cost of de-identifying a small file (~5 ms of CPU per CT slice where pydicom's own
+read + write takes ~1 ms). For the common case — explicit VR little endian, native pixel data as
+the last element, a single-byte or UTF-8 character set — this module parses the header bytes
+itself into a :class:`RawDataset` that the rules engine, the harvest and the verifier use in place
+of a pydicom Dataset:
+
+* values are converted by pydicom's own converter (``convert_raw_data_element``) on first use
+  only, exactly as ``Dataset.__getitem__`` would, so every value the engine sees is the value
+  pydicom would have given it;
+* an element that was never changed is written back as its original bytes; a changed or new one
+  is encoded by pydicom's writer (``write_data_element``).
+
+The parser is strict on purpose: anything it does not fully understand (another encoding, UN or
+undefined-length values, odd lengths, a nested character set, pixel data inside sequences,
+elements after the pixel data, text values carrying control bytes …) raises :class:`NotEligible`
+and the caller hands the file to the full pydicom lane, which knows every case. NotEligible is
+never an error the user sees.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Iterator
+
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element, write_dataset
+from pydicom.tag import Tag
+
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+PIXEL_DATA = 0x7FE00010
+CHARSET_TAG = 0x00080005
+_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+
+_LONG_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "SQ", "UT", "UC", "UR", "SV", "UV"})
+_SHORT_VRS = frozenset({"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "PN", "SH",
+                        "SL", "SS", "ST", "TM", "UI", "UL", "US"})
+_VRS = {vr.encode("ascii"): vr for vr in _LONG_VRS | _SHORT_VRS}
+_WIDTH = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8, "AT": 4, "UV": 8, "SV": 8,
+          "OW": 2, "OF": 4, "OD": 8, "OL": 4, "OV": 8}
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC",
+                       "UI", "UR", "UT"})
+#: Sampled data anywhere but the top-level Pixel Data (icons, overlays, waveforms): the verifier's
+#: pixel ranges for those need the full lane.
+_SAMPLE_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x54001010, 0x56000020, 0x56000010})
+#: Character sets whose values decode one way only, the same in every reader.
+PLAIN_CHARSETS = frozenset({b"", b"ISO_IR 6", b"ISO_IR 100", b"ISO_IR 192"})
+#: C0 controls other than TAB, LF, FF, CR and ESC: never in text (dicomio._check_text's rule,
+#: checked here on the raw bytes, which is the same for these single-byte/UTF-8 sets).
+_BAD_TEXT_BYTES = frozenset(set(range(0x00, 0x09)) | {0x0B} | set(range(0x0E, 0x1B)) | set(range(0x1C, 0x20)))
+
+MAX_ITEMS = 1_000_000  # dicomio.ReadLimits.max_items: beyond it the full lane quarantines
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_TAG_VR = struct.Struct("<HH2s")
+
+
+class NotEligible(Exception):
+    """The file needs the full pydicom lane. Carries a short PHI-free reason (for tests, debug)."""
+
+
+class SeqElement:
+    """A sequence: ``value`` is a list of item datasets (RawDataset or, for new items, pydicom's)."""
+
+    __slots__ = ("tag", "value", "value_tell")
+    VR = "SQ"
+    VM = 1
+    is_raw = False
+
+    def __init__(self, tag: int, items: list[Any], value_tell: int | None = None):
+        self.tag = Tag(tag)
+        self.value = list(items)
+        self.value_tell = value_tell  # where the value starts in the parsed bytes (verify labels)
+
+    @property
+    def keyword(self) -> str:
+        return keyword_for_tag(self.tag)
+
+    @property
+    def is_private(self) -> bool:
+        return bool(self.tag.group & 1)
+
+
+class RawDataset:
+    """The part of pydicom's Dataset interface the engine, harvest and verifier use, over raw
+    elements: ``keys``, ``in``, ``ds[tag]`` (converts on first use), ``get_item``, ``get``,
+    ``del``, keyword assignment, ``file_meta``. Values keep pydicom's types and semantics."""
+
+    __slots__ = ("_dict", "_orig", "_buf", "_spans", "_charset", "_anomalies", "file_meta")
+    is_implicit_VR = False  # what rawds parses and writes: explicit VR little endian only
+    is_little_endian = True
+
+    def __init__(self, buf: bytes, charset: list[str], anomalies: list[str] | None = None):
+        # One list per parse, shared by every item: a value pydicom could not convert anywhere
+        # in the tree is noted there, because callers such as the verifier catch conversion
+        # errors and carry on (on the raw bytes); the raw lane then defers to the full lane.
+        object.__setattr__(self, "_anomalies", [] if anomalies is None else anomalies)
+        object.__setattr__(self, "_dict", {})
+        object.__setattr__(self, "_orig", {})  # tag -> (converted element, its value at conversion)
+        object.__setattr__(self, "_buf", buf)
+        object.__setattr__(self, "_spans", {})  # tag -> (start, end) of the element's bytes in buf
+        object.__setattr__(self, "_charset", charset)
+        object.__setattr__(self, "file_meta", None)
+
+    # -- mapping ---------------------------------------------------------------------------
+    def keys(self):
+        return self._dict.keys()
+
+    def __len__(self) -> int:
+        return len(self._dict)
+
+    def __iter__(self) -> Iterator[Any]:
+        return (self[t] for t in sorted(self._dict))
+
+    def __contains__(self, key: Any) -> bool:
+        tag = tag_for_keyword(key) if isinstance(key, str) else key
+        return tag is not None and int(tag) in self._dict
+
+    def get_item(self, tag: int, *, keep_deferred: bool = False) -> Any:
+        return self._dict[int(tag)]
+
+    def __getitem__(self, tag: int) -> Any:
+        tag = int(tag)
+        raw = elem = self._dict[tag]
+        if isinstance(raw, RawDataElement):
+            charset = self._charset if tag != CHARSET_TAG else default_encoding
+            try:
+                elem = convert_raw_data_element(raw, encoding=charset)
+            except Exception:
+                self._anomalies.append("value-conversion")
+                raise
+            if elem.VR != raw.VR:
+                self._anomalies.append("value-conversion")
+                raise NotEligible("value-conversion")  # pydicom fell back to UN: full lane
+            self._dict[tag] = elem
+            self._orig[tag] = (elem, elem.value)
+        return elem
+
+    def __delitem__(self, tag: int) -> None:
+        del self._dict[int(tag)]
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        """As pydicom: a keyword gives the value, a tag gives the element."""
+        if isinstance(key, str):
+            tag = tag_for_keyword(key)
+            if tag is None or tag not in self._dict:
+                return default
+            return self[tag].value
+        tag = int(key)
+        return self[tag] if tag in self._dict else default
+
+    def __getattr__(self, name: str) -> Any:
+        tag = tag_for_keyword(name) if name[:1].isupper() else None
+        if tag is None or tag not in self._dict:
+            raise AttributeError(name)
+        return self[tag].value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in RawDataset.__slots__:
+            object.__setattr__(self, name, value)
+            return
+        tag = tag_for_keyword(name)
+        if tag is None:
+            raise AttributeError(name)
+        vr = dictionary_VR(tag)
+        if vr == "SQ":
+            self._dict[tag] = SeqElement(tag, list(value))
+        else:
+            self._dict[tag] = DataElement(tag, vr, value)
+
+    @property
+    def anomalies(self) -> list[str]:
+        """Values of this parse (any depth) that pydicom could not convert as parsed."""
+        return self._anomalies
+
+    # -- writing ---------------------------------------------------------------------------
+    def unchanged_bytes(self, tag: int) -> bytes | None:
+        """The element's original bytes when it is still exactly as read, else None."""
+        elem = self._dict[tag]
+        span = self._spans.get(tag)
+        if span is None:
+            return None
+        if isinstance(elem, RawDataElement):
+            return self._buf[span[0]:span[1]]
+        orig = self._orig.get(tag)
+        if orig is not None and orig[0] is elem and elem.value is orig[1]:
+            return self._buf[span[0]:span[1]]
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing
+# --------------------------------------------------------------------------------------------
+
+
+def parse_meta(buf: bytes) -> tuple[RawDataset, str, int]:
+    """The file meta (group 0002) after the preamble: (meta, transfer syntax, dataset start)."""
+    if len(buf) < 144 or buf[128:132] != b"DICM":
+        raise NotEligible("no-preamble")
+    meta = RawDataset(buf, [default_encoding])
+    pos = 132
+    n = len(buf)
+    while pos + 8 <= n:
+        group = _U16.unpack_from(buf, pos)[0]
+        if group != 0x0002:
+            break
+        pos = _element(buf, pos, n, meta, 0)
+    ts_elem = meta.get_item(0x00020010) if 0x00020010 in meta._dict else None
+    if ts_elem is None:
+        raise NotEligible("no-transfer-syntax")
+    ts = bytes(ts_elem.value).rstrip(b"\x00 ").decode("ascii", "replace")
+    return meta, ts, pos
+
+
+def parse_dataset(buf: bytes, start: int, *, limit: int | None = None
+                  ) -> tuple[RawDataset, int | None, list[tuple[int, int]]]:
+    """The top-level dataset from ``start``: (dataset, offset of the Pixel Data element or None,
+    [(start, tag)] of every top-level element). Stops at Pixel Data, which must be last."""
+    n = len(buf) if limit is None else limit
+    charset = _charset_of(buf, start, n)
+    ds = RawDataset(buf, charset)
+    tops: list[tuple[int, int]] = []
+    pos = start
+    prev = -1
+    while pos < n:
+        if pos + 8 > n:
+            raise NotEligible("short-header")
+        tag = (_U16.unpack_from(buf, pos)[0] << 16) | _U16.unpack_from(buf, pos + 2)[0]
+        if tag <= prev:
+            raise NotEligible("tag-order")
+        prev = tag
+        tops.append((pos, tag))
+        if tag >> 16 in (0x0000, 0x0002):
+            raise NotEligible("meta-in-dataset")
+        if tag == PIXEL_DATA:
+            return ds, pos, tops
+        pos = _element(buf, pos, n, ds, 0)
+    return ds, None, tops
+
+
+def _charset_of(buf: bytes, start: int, n: int) -> list[str]:
+    """The dataset's character set, found by a quick look for (0008,0005) near the start."""
+    pos = start
+    while pos + 8 <= n:
+        group, elem, vrb = _TAG_VR.unpack_from(buf, pos)
+        tag = (group << 16) | elem
+        if tag > CHARSET_TAG:
+            break
+        vr = _VRS.get(vrb)
+        if vr is None:
+            raise NotEligible("vr")
+        if vr in _LONG_VRS:
+            length, hdr = _U32.unpack_from(buf, pos + 8)[0], 12
+        else:
+            length, hdr = _U16.unpack_from(buf, pos + 6)[0], 8
+        if length == _UNDEFINED:
+            raise NotEligible("undefined-length")
+        if tag == CHARSET_TAG:
+            value = bytes(buf[pos + hdr:pos + hdr + length]).strip(b" \x00")
+            if value not in PLAIN_CHARSETS:
+                raise NotEligible("charset")
+            return convert_encodings([value.decode("ascii")]) if value else [default_encoding]
+        pos += hdr + length
+    return [default_encoding]
+
+
+def _element(buf: bytes, pos: int, end: int, ds: RawDataset, depth: int) -> int:
+    """Parse one element at ``pos`` into ``ds``; return the offset after it."""
+    group, elem, vrb = _TAG_VR.unpack_from(buf, pos)
+    tag = (group << 16) | elem
+    vr = _VRS.get(vrb)
+    if vr is None:
+        raise NotEligible("vr")  # UN, a bad VR, or an item/delimiter where an element belongs
+    if vr in _LONG_VRS:
+        if pos + 12 > end:
+            raise NotEligible("short-header")
+        length, hdr = _U32.unpack_from(buf, pos + 8)[0], 12
+    else:
+        length, hdr = _U16.unpack_from(buf, pos + 6)[0], 8
+    vpos = pos + hdr
+    if tag in _SAMPLE_TAGS or (group & 0xFF01 == 0x6000 and elem == 0x3000) or tag == PIXEL_DATA:
+        raise NotEligible("nested-samples")
+    if vr == "SQ":
+        if depth >= 32:
+            raise NotEligible("deep")
+        items, stop = _sequence(buf, vpos, length, end, ds._charset, depth + 1, ds._anomalies)
+        ds._dict[tag] = SeqElement(tag, items, vpos)
+        ds._spans[tag] = (pos, stop)
+        return stop
+    if length == _UNDEFINED:
+        raise NotEligible("undefined-length")
+    stop = vpos + length
+    if stop > end:
+        raise NotEligible("overrun")
+    if length & 1:
+        raise NotEligible("odd-length")
+    width = _WIDTH.get(vr)
+    if width and length % width:
+        raise NotEligible("numeric-length")
+    value = buf[vpos:stop]
+    if vr in _TEXT_VRS and value and _has_bad_text(value):
+        raise NotEligible("text-bytes")  # the full lane quarantines it (malformed-text)
+    if depth and tag == CHARSET_TAG:
+        raise NotEligible("nested-charset")
+    ds._dict[tag] = RawDataElement(Tag(tag), vr, length, value, vpos, False, True)
+    ds._spans[tag] = (pos, stop)
+    return stop
+
+
+def _has_bad_text(value: bytes) -> bool:
+    """dicomio._check_text on raw bytes: a control byte before the trailing NUL/space padding."""
+    body = value.rstrip(b"\x00 ")
+    return len(body.translate(None, _BAD_BYTES)) != len(body)
+
+
+_BAD_BYTES = bytes(sorted(_BAD_TEXT_BYTES))
+
+
+def _sequence(buf: bytes, pos: int, length: int, end: int, charset: list[str], depth: int,
+              anomalies: list[str]) -> tuple[list[RawDataset], int]:
+    """Items of a sequence value at ``pos``; returns (items, offset after the sequence)."""
+    limit = end if length == _UNDEFINED else pos + length
+    if limit > end:
+        raise NotEligible("overrun")
+    items: list[RawDataset] = []
+    while True:
+        if pos == limit and length != _UNDEFINED:
+            return items, pos
+        if pos + 8 > limit:
+            raise NotEligible("short-item")
+        tag = (_U16.unpack_from(buf, pos)[0] << 16) | _U16.unpack_from(buf, pos + 2)[0]
+        ilen = _U32.unpack_from(buf, pos + 4)[0]
+        pos += 8
+        if tag == _SEQ_END and length == _UNDEFINED:
+            return items, pos
+        if tag != _ITEM or len(items) >= MAX_ITEMS:
+            raise NotEligible("item")
+        item = RawDataset(buf, charset, anomalies)
+        istop = limit if ilen == _UNDEFINED else pos + ilen
+        if istop > limit:
+            raise NotEligible("overrun")
+        prev = -1
+        while True:
+            if ilen != _UNDEFINED and pos == istop:
+                break
+            if pos + 8 > istop:
+                raise NotEligible("short-item")
+            t = (_U16.unpack_from(buf, pos)[0] << 16) | _U16.unpack_from(buf, pos + 2)[0]
+            if t == _ITEM_END and ilen == _UNDEFINED:
+                pos += 8
+                break
+            if t <= prev:
+                raise NotEligible("tag-order")
+            prev = t
+            pos = _element(buf, pos, istop, item, depth)
+        items.append(item)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+_ITEM_HEAD = struct.pack("<HHI", 0xFFFE, 0xE000, _UNDEFINED)
+_ITEM_TAIL = struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+_SEQ_TAIL = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+
+
+def encode(ds: Any, charset: list[str], *, below: int | None = None) -> bytes:
+    """Encode ``ds`` (a RawDataset, or a pydicom Dataset for new items) in explicit VR little
+    endian, elements sorted by tag, group lengths left out (they are optional and the engine
+    drops them); ``below`` stops before that tag (the streamed Pixel Data)."""
+    if not isinstance(ds, RawDataset):
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        write_dataset(fp, ds, parent_encoding=charset)
+        return fp.getvalue()
+    out: list[bytes] = []
+    for tag in sorted(ds._dict):
+        if below is not None and tag >= below:
+            break
+        elem = ds._dict[tag]
+        if isinstance(elem, SeqElement):
+            out.append(struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, b"SQ", 0, _UNDEFINED))
+            for item in elem.value or ():
+                out.append(_ITEM_HEAD)
+                out.append(encode(item, charset))
+                out.append(_ITEM_TAIL)
+            out.append(_SEQ_TAIL)
+            continue
+        same = ds.unchanged_bytes(tag)
+        if same is not None:
+            out.append(same)
+            continue
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        write_data_element(fp, elem, charset)
+        out.append(fp.getvalue())
+    return b"".join(out)

@@ -1,0 +1,176 @@
+"""The raw lane: de-identify a common-case file through dicomsafe.rawds instead of pydicom Datasets.
+
+Same engine, same checks, less machinery. The file's header is read with one read and parsed by
+:mod:`dicomsafe.rawds`; the *same* functions as the full lane then run on it — harvest
+(verify.harvest), the compiled plan and the marks (Deidentifier.transform), the file meta
+(dicomio.build_file_meta) — and the output is written to staging with the pixel value streamed
+from the source. Verification is the full verifier's two layers on the staged file as written:
+the dataset layer (verify.find_in_dataset) on a fresh parse of the staged bytes, the byte layer
+(verify.find_in_bytes) over the whole file.
+
+The lane never decides against a file. Whatever it cannot do exactly — an encoding, a structure,
+a value pydicom would convert differently, an exception of any kind, *and any verification
+finding* — raises :class:`~dicomsafe.rawds.NotEligible`, and the caller runs the full lane, whose
+result (written, or quarantined with its reasons) is the authoritative one. So the raw lane can
+only make a clean file faster; it can never make a file clean.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+
+from . import dicomio
+from . import verify as phi_verify
+from .fsutil import staging_writer
+from .rawds import EXPLICIT_VR_LE, PIXEL_DATA, NotEligible, RawDataset, encode, parse_dataset, parse_meta
+
+if TYPE_CHECKING:
+    from .deidentify import Deidentifier, FileResult
+
+#: One read covers the header of nearly every image (a CT slice's is ~1.4 KB); longer headers are
+#: read whole up to this bound, beyond it the full lane (which streams) takes the file.
+FIRST_READ = 64 << 10
+MAX_HEADER = 4 << 20
+
+
+def supports(deid: Deidentifier) -> bool:
+    """Whether the profile lets this lane run at all: pixels are kept as they are (any burned-in
+    text policy needs the pixel stage, which works on pydicom Datasets)."""
+    return deid.profile.pixels.burned_in == "keep"
+
+
+def process_file(deid: Deidentifier, path: str | os.PathLike[str], staged: Path, file_id: str,
+                 study: Any = None) -> FileResult:
+    """De-identify one file to ``staged`` and verify it; a written :class:`FileResult`, or
+    NotEligible (the caller then runs the full lane). Every other exception is NotEligible too."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's conversion warnings can quote values
+            return _process(deid, path, staged, file_id, study)
+    except NotEligible:
+        staged.unlink(missing_ok=True)
+        raise
+    except Exception as exc:  # noqa: BLE001 - the full lane decides (and names the reason)
+        staged.unlink(missing_ok=True)
+        raise NotEligible(type(exc).__name__) from None
+
+
+def _process(deid: Deidentifier, path: str | os.PathLike[str], staged: Path, file_id: str,
+             study: Any) -> FileResult:
+    from .deidentify import FileResult
+
+    src = Path(os.fspath(path))
+    fh, st = dicomio._open_regular(src)  # noqa: SLF001 - the same safe opener as the full lane
+    with fh:
+        size = st.st_size
+        buf = fh.read(min(size, FIRST_READ))
+        meta, ts, start = parse_meta(buf)
+        if ts != EXPLICIT_VR_LE:
+            raise NotEligible("transfer-syntax")
+        try:
+            ds, pix, _ = parse_dataset(buf, start)
+            complete = pix is not None or len(buf) == size
+        except NotEligible:
+            complete = False
+        if not complete:
+            if size > MAX_HEADER and len(buf) == MAX_HEADER:
+                raise NotEligible("long-header")
+            buf += fh.read(min(size, MAX_HEADER) - len(buf))
+            meta, ts, start = parse_meta(buf)
+            ds, pix, _ = parse_dataset(buf, start)
+            if pix is None and len(buf) != size:
+                raise NotEligible("long-header")
+        pixel_ref = _pixel_ref(buf, pix, src, st) if pix is not None else None
+        now = os.fstat(fh.fileno())
+        if (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+            raise NotEligible("changed")
+    ds.file_meta = meta
+
+    phi = phi_verify.harvest(ds)
+    if study is not None:
+        phi = phi.with_identity_of([study])
+    relpath = deid.transform(ds, phi)
+    if ds.anomalies:
+        raise NotEligible("value-conversion")
+    head = _file_head(ds, ts)
+    sha = _write(staged, head, buf, pix, pixel_ref)
+    if deid.verify and verify_staged(staged, phi, deid.ignore_kinds, deid.year_tags):
+        raise NotEligible("verify")  # the full lane re-does the file and reports the findings
+    return FileResult(file_id=file_id, outcome="written", staged=str(staged), out_relpath=relpath,
+                      preamble_threat=dicomio.preamble_threat(buf[:128]), src_path=os.fspath(path),
+                      size=size, sha256=sha)
+
+
+def _pixel_ref(buf: bytes, pix: int, src: Path, st: os.stat_result) -> dicomio.PixelRef:
+    """The native Pixel Data element at ``pix``: it must be the last element of the file."""
+    if pix + 12 > len(buf):
+        raise NotEligible("short-header")
+    vr = bytes(buf[pix + 4:pix + 6]).decode("ascii", "replace")
+    if vr not in ("OB", "OW"):
+        raise NotEligible("pixel-vr")
+    length = int.from_bytes(buf[pix + 8:pix + 12], "little")
+    if length == 0xFFFFFFFF or length & 1 or pix + 12 + length != st.st_size:
+        raise NotEligible("pixel-layout")  # encapsulated, odd, or not the last element
+    return dicomio.PixelRef(path=src, start=pix, value_offset=pix + 12, end=pix + 12 + length,
+                            encapsulated=False, vr=vr, is_implicit_vr=False, is_little_endian=True,
+                            transfer_syntax=EXPLICIT_VR_LE, is_last_element=True,
+                            source_size=st.st_size, source_mtime_ns=st.st_mtime_ns)
+
+
+def _file_head(ds: RawDataset, ts: str) -> bytes:
+    """Zeroed preamble, a fresh file meta (dicomio.build_file_meta), the dataset before Pixel Data."""
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    fp.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(fp, dicomio.build_file_meta(ds, ts), enforce_standard=True)
+    body = encode(ds, ds._charset, below=PIXEL_DATA)  # noqa: SLF001
+    return fp.getvalue() + body
+
+
+def _write(staged: Path, head: bytes, buf: bytes, pix: int | None, ref: dicomio.PixelRef | None) -> str:
+    """Write the head and the streamed pixel element to ``staged``; the SHA-256 of the bytes."""
+    with staging_writer(staged) as raw:
+        fh = dicomio._HashingWriter(raw)  # noqa: SLF001
+        fh.write(head)
+        if ref is not None and pix is not None:
+            fh.write(bytes(buf[pix:pix + 12]))
+            for chunk in dicomio.iter_pixel_chunks(ref):
+                fh.write(chunk)
+    return fh.sha.hexdigest()
+
+
+def verify_staged(path: Path, phi: Any, ignore_kinds: frozenset[str], year_tags: frozenset[int]) -> list:
+    """verify.verify_file's two layers on the staged file, with the dataset parsed by rawds.
+
+    Returns the findings; NotEligible when the staged file is not something rawds parses
+    (the full verifier then decides)."""
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        meta, _, start = parse_meta(mm)
+        ds, pix, _ = parse_dataset(mm, start)
+        if len(ds) == 0:
+            raise NotEligible("empty")
+        ds.file_meta = meta
+        spans, dataset_end, samples, trailing = phi_verify._raw_offsets(ds)  # noqa: SLF001
+        if dataset_end is not None or samples or trailing:
+            raise NotEligible("implausible-element")
+        skips: list[tuple[int, int]] = []
+        if pix is not None:
+            length = int.from_bytes(mm[pix + 8:pix + 12], "little")
+            spans.append((pix, phi_verify._tag_label(PIXEL_DATA)))  # noqa: SLF001
+            skips.append((pix + 12, pix + 12 + length))
+        findings = phi_verify.find_in_dataset(ds, phi, ignore_kinds=ignore_kinds, year_tags=year_tags)
+        year_labels = phi_verify._year_start_labels(ds, year_tags, frozenset())  # noqa: SLF001
+        if ds.anomalies or meta.anomalies:
+            raise NotEligible("value-conversion")
+        findings.extend(f for f in phi_verify.find_in_bytes(mm, phi, ignore_kinds=ignore_kinds, pixel_range=skips,
+                                                            spans=spans, dataset_end=None)
+                        if not (f.kind == "date" and f.path in year_labels))
+        del ds, meta  # their raw values are copies; nothing may hold the map open
+    return phi_verify._dedupe(findings)  # noqa: SLF001

@@ -68,7 +68,9 @@ def _deidentifier(ctx: DeidCtx) -> Any:
 def deid_unit(job: DeidJob, ctx: DeidCtx) -> list[tuple[Any, str | None, int]]:
     """Worker: de-identify one study into staging; return (FileResult, output sha256, size)."""
     deid = _deidentifier(ctx)
-    staging = Path(ctx.staging)
+    # One staging directory per worker process: workers creating files side by side in one
+    # directory contend for its lock (seen as kernel spinning with --jobs 2).
+    staging = Path(ctx.staging) / f"w{os.getpid()}"
     staging.mkdir(parents=True, exist_ok=True)
     out = []
     results = deid.process_files([(path, fid) for path, fid, _size, _mtime in job.files], staging)

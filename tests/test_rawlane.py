@@ -342,3 +342,60 @@ def test_unchanged_elements_keep_their_bytes_changed_ones_are_reencoded(secret, 
     del ds[rows]
     assert struct.pack("<HH", 0x0028, 0x0010) not in rawds.encode(ds, ds._charset, below=rawds.PIXEL_DATA)
     copy.copy(ds)  # a RawDataset is a plain object: nothing in it holds a file open
+
+
+# -- the fast encoders write pydicom's bytes ----------------------------------------------------
+
+def _pydicom_bytes(elem, charset) -> bytes:
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_data_element
+
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_data_element(fp, elem, charset)
+    return fp.getvalue()
+
+
+_VALUES = ["", "A", "AB", "ANONYMOUS", "x" * 65, "Müller-Lüdenscheid", "日本", "a\\b", " lead", "trail ",
+           ["A", "BC"], ["", ""], [], None, "1.2.840.10008.5.1.4.1.1.2", "2.25.1", "19800102", "101010.5"]
+
+
+@pytest.mark.parametrize("charset", [["iso8859"], ["latin_1"], ["UTF8"], ["iso8859", "iso2022_jp"]])
+@pytest.mark.parametrize("vr", ["AE", "AS", "CS", "UI", "UR", "DA", "DT", "TM", "LO", "SH", "LT", "ST", "UT", "UC",
+                                "PN", "DS", "IS", "US"])
+def test_fast_element_encoding_is_pydicoms(vr, charset):
+    from pydicom.dataelem import DataElement
+
+    tag = {"US": 0x00280010, "PN": 0x00100010}.get(vr, 0x00091010)
+    checked = 0
+    for value in _VALUES:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                elem = DataElement(tag, vr, value)
+                expected = _pydicom_bytes(elem, charset)
+            except Exception:
+                continue  # a value pydicom itself cannot write for this VR
+        fast = rawds.encode_text_element(elem, charset)
+        if fast is not None:
+            assert fast == expected, (vr, value, charset)
+            checked += 1
+    if vr in ("AE", "CS", "UI", "DA", "LO", "UT") and charset == ["latin_1"]:
+        assert checked >= 5  # the common cases do take the fast path
+
+
+@pytest.mark.parametrize("sop_class,sop_instance", [("1.2.840.10008.5.1.4.1.1.2", "2.25.12345"),
+                                                     ("1.2.3", "1.2.34"), ("1.2.840.10008.5.1.4.1.1.4", "9")])
+def test_file_meta_bytes_are_pydicoms(sop_class, sop_instance):
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+
+    from dicomsafe import dicomio
+
+    ds = pydicom.Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_instance
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_file_meta_info(fp, dicomio.build_file_meta(ds, rawds.EXPLICIT_VR_LE), enforce_standard=True)
+    assert rawds.file_meta_bytes(sop_class, sop_instance, rawds.EXPLICIT_VR_LE, dicomio.IMPLEMENTATION_CLASS_UID,
+                                 dicomio.IMPLEMENTATION_VERSION_NAME) == fp.getvalue()

@@ -37,7 +37,7 @@ from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_eleme
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_dataset
 from pydicom.multival import MultiValue
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 PIXEL_DATA = 0x7FE00010
@@ -208,13 +208,16 @@ def _convert(raw: RawDataElement, charset: list[str]) -> DataElement:
     this does the same directly (a third of the cost). LUT descriptors (whose first value pydicom
     corrects), a non-default hook or callback, and a wrong-length value (pydicom's fallback to
     UN) go through pydicom's own function."""
-    if raw.tag in _LUT_DESCRIPTOR_TAGS or not _default_hooks():
+    if raw.tag in _LUT_TAGS or not _default_hooks():
         return convert_raw_data_element(raw, encoding=charset)
     try:
         value = convert_value(raw.VR, raw, charset)
     except BytesLengthException:
         return convert_raw_data_element(raw, encoding=charset)
     return DataElement(raw.tag, raw.VR, value, raw.value_tell, False, already_converted=True)
+
+
+_LUT_TAGS = frozenset(_LUT_DESCRIPTOR_TAGS)  # a set: BaseTag == int is a Python-level call per item
 
 
 def _default_hooks() -> bool:
@@ -336,7 +339,7 @@ def _element(buf: bytes, pos: int, end: int, ds: RawDataset, depth: int) -> int:
         raise NotEligible("text-bytes")  # the full lane quarantines it (malformed-text)
     if depth and tag == CHARSET_TAG:
         raise NotEligible("nested-charset")
-    ds._dict[tag] = RawDataElement(Tag(tag), vr, length, value, vpos, False, True)
+    ds._dict[tag] = RawDataElement(BaseTag(tag), vr, length, value, vpos, False, True)
     ds._spans[tag] = (pos, stop)
     return stop
 

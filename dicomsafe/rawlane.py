@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import mmap
 import os
+import struct
 import threading
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
+
+from pydicom.uid import UID
 
 from . import dicomio
 from . import verify as phi_verify
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
 FIRST_READ = 64 << 10
 MAX_HEADER = 4 << 20
 POPULATE_MAX = 8 << 20
+ENCAPSULATED_MAX = 1_000_000
 
 
 def supports(deid: Deidentifier) -> bool:
@@ -72,8 +76,7 @@ def _process(deid: Deidentifier, path: str | os.PathLike[str], staged: Path, fil
         size = st.st_size
         buf = fh.read(min(size, FIRST_READ))
         meta, ts, start = parse_meta(buf)
-        if ts != EXPLICIT_VR_LE:
-            raise NotEligible("transfer-syntax")
+        encapsulated = _encapsulated(ts)
         try:
             ds, pix, _ = parse_dataset(buf, start)
             complete = pix is not None or len(buf) == size
@@ -87,7 +90,7 @@ def _process(deid: Deidentifier, path: str | os.PathLike[str], staged: Path, fil
             ds, pix, _ = parse_dataset(buf, start)
             if pix is None and len(buf) != size:
                 raise NotEligible("long-header")
-        pixel_end = _pixel_end(buf, pix, size) if pix is not None else None
+        pixel_end = _pixel_end(fh, buf, pix, size, encapsulated) if pix is not None else None
         ds.file_meta = meta
         phi = phi_verify.harvest(ds)
         if study is not None:
@@ -107,16 +110,62 @@ def _process(deid: Deidentifier, path: str | os.PathLike[str], staged: Path, fil
                       size=size, sha256=sha)
 
 
-def _pixel_end(buf: bytes, pix: int, size: int) -> int:
-    """Where the native Pixel Data element at ``pix`` ends: it must be the file's last element."""
+def _encapsulated(ts: str) -> bool:
+    """Whether the transfer syntax is one the lane takes, and if so whether its pixel data is
+    encapsulated: explicit VR little endian itself (native pixels), or a compressed syntax, whose
+    dataset is explicit VR little endian too. Deflate, big endian, implicit VR, private and unknown
+    syntaxes go to the full lane."""
+    if ts == EXPLICIT_VR_LE:
+        return False
+    uid = UID(ts)
+    if (uid.is_transfer_syntax and not uid.is_private and uid.is_encapsulated and not uid.is_deflated
+            and uid.is_little_endian and not uid.is_implicit_VR):
+        return True
+    raise NotEligible("transfer-syntax")
+
+
+def _pixel_end(fh: BinaryIO, buf: bytes, pix: int, size: int, encapsulated: bool) -> int:
+    """Where the Pixel Data element at ``pix`` ends; it must be the file's last element. Native
+    data has a defined even length; encapsulated data is a run of items ended by a Sequence
+    Delimitation Item, walked by their headers (8 bytes read per fragment)."""
     if pix + 12 > len(buf):
         raise NotEligible("short-header")
-    if bytes(buf[pix + 4:pix + 6]) not in (b"OB", b"OW"):
-        raise NotEligible("pixel-vr")
+    vr = bytes(buf[pix + 4:pix + 6])
     length = int.from_bytes(buf[pix + 8:pix + 12], "little")
-    if length == 0xFFFFFFFF or length & 1 or pix + 12 + length != size:
-        raise NotEligible("pixel-layout")  # encapsulated, odd, or not the last element
-    return pix + 12 + length
+    if not encapsulated:
+        if vr not in (b"OB", b"OW") or length == 0xFFFFFFFF or length & 1 or pix + 12 + length != size:
+            raise NotEligible("pixel-layout")  # odd, undefined, or not the last element
+        return pix + 12 + length
+    if vr != b"OB" or length != 0xFFFFFFFF:
+        raise NotEligible("pixel-layout")
+    pos = pix + 12
+    while True:
+        fh.seek(pos)
+        head = fh.read(8)
+        if len(head) < 8:
+            raise NotEligible("pixel-layout")
+        group, elem, ilen = struct.unpack("<HHI", head)
+        if (group, elem) == (0xFFFE, 0xE0DD):
+            if ilen != 0 or pos + 8 != size:
+                raise NotEligible("pixel-layout")
+            if pos - (pix + 12) > ENCAPSULATED_MAX:
+                # verify_file reads pixel data up to 2 MB, defers (does not load) larger values
+                # and then searches their bytes like any other; the full lane keeps that rule
+                raise NotEligible("large-encapsulated")
+            return pos + 8
+        if (group, elem) != (0xFFFE, 0xE000) or ilen == 0xFFFFFFFF or pos + 8 + ilen > size:
+            raise NotEligible("pixel-layout")
+        pos += 8 + ilen
+
+
+def _pixel_value_range(mm: Any, pix: int) -> tuple[int, int]:
+    """The Pixel Data value the byte layer treats as samples: the native value, or the items of
+    encapsulated data without the final delimiter (what pydicom reads as the value, and so what
+    verify.verify_file skips)."""
+    length = int.from_bytes(mm[pix + 8:pix + 12], "little")
+    if length != 0xFFFFFFFF:
+        return pix + 12, pix + 12 + length
+    return pix + 12, len(mm) - 8
 
 
 def _file_head(ds: RawDataset, ts: str) -> bytes:
@@ -189,9 +238,8 @@ def verify_staged(path: Path, phi: Any, ignore_kinds: frozenset[str], year_tags:
             raise NotEligible("implausible-element")
         skips: list[tuple[int, int]] = []
         if pix is not None:
-            length = int.from_bytes(mm[pix + 8:pix + 12], "little")
             spans.append((pix, phi_verify._tag_label(PIXEL_DATA)))  # noqa: SLF001
-            skips.append((pix + 12, pix + 12 + length))
+            skips.append(_pixel_value_range(mm, pix))
         findings = phi_verify.find_in_dataset(ds, phi, ignore_kinds=ignore_kinds, year_tags=year_tags)
         year_labels = phi_verify._year_start_labels(ds, year_tags, frozenset())  # noqa: SLF001
         if ds.anomalies or meta.anomalies:

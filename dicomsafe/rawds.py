@@ -407,10 +407,7 @@ def encode(ds: Any, charset: list[str], *, below: int | None = None) -> bytes:
     endian, elements sorted by tag, group lengths left out (they are optional and the engine
     drops them); ``below`` stops before that tag (the streamed Pixel Data)."""
     if not isinstance(ds, RawDataset):
-        fp = DicomBytesIO()
-        fp.is_little_endian, fp.is_implicit_VR = True, False
-        write_dataset(fp, ds, parent_encoding=charset)
-        return fp.getvalue()
+        return _encode_new_item(ds, charset)
     out: list[bytes] = []
     for tag in sorted(ds._dict):
         if below is not None and tag >= below:
@@ -437,6 +434,28 @@ def encode(ds: Any, charset: list[str], *, below: int | None = None) -> bytes:
         write_data_element(fp, elem, charset)
         out.append(fp.getvalue())
     return b"".join(out)
+
+
+_ITEM_CACHE: dict[tuple, bytes] = {}
+
+
+def _encode_new_item(item: Any, charset: list[str]) -> bytes:
+    """A new pydicom item (the marks' CID 7050 code items), encoded by pydicom's write_dataset.
+    Items whose elements all hold plain strings are remembered by their (tag, VR, value)s: the
+    same three code items go into every output of a run."""
+    key = None
+    if all(type(e.value) is str for e in item):
+        key = (tuple(charset), tuple((int(e.tag), e.VR, e.value) for e in item))
+        got = _ITEM_CACHE.get(key)
+        if got is not None:
+            return got
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, item, parent_encoding=charset)
+    data = fp.getvalue()
+    if key is not None and len(_ITEM_CACHE) < 256:
+        _ITEM_CACHE[key] = data
+    return data
 
 
 #: VRs pydicom writes with write_string (ASCII, the default encoding whatever the character set)

@@ -42,6 +42,8 @@ FIRST_READ = 64 << 10
 MAX_HEADER = 4 << 20
 POPULATE_MAX = 8 << 20
 ENCAPSULATED_MAX = 1_000_000
+#: rawds refusals that mean "the bytes ran out": after the first read, a reason to read more.
+CUT_SHORT = frozenset({"short-header", "short-item", "overrun"})
 
 
 def supports(deid: Deidentifier) -> bool:
@@ -80,11 +82,11 @@ def _process(deid: Deidentifier, path: str | os.PathLike[str], staged: Path, fil
         try:
             ds, pix, _ = parse_dataset(buf, start)
             complete = pix is not None or len(buf) == size
-        except NotEligible:
+        except NotEligible as exc:
+            if len(buf) == size or str(exc) not in CUT_SHORT:
+                raise  # a real refusal, not the end of the first read
             complete = False
         if not complete:
-            if size > MAX_HEADER and len(buf) == MAX_HEADER:
-                raise NotEligible("long-header")
             buf += fh.read(min(size, MAX_HEADER) - len(buf))
             meta, ts, start = parse_meta(buf)
             ds, pix, _ = parse_dataset(buf, start)

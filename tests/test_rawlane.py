@@ -450,3 +450,13 @@ def test_large_encapsulated_pixel_data_goes_to_the_full_lane(secret, tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     _same_result(fast.process_file(big, tmp_path / "a", "f"), slow.process_file(big, tmp_path / "b", "f"))
+
+
+def test_header_longer_than_the_first_read(secret, tmp_path):
+    """A header past the first 64 KiB read (here a 100 KB document) is read on, not refused."""
+    f = _ct(tmp_path, 1)[0]
+    big = _edit(f, tmp_path / "big-header.dcm", lambda ds: ds.add_new(0x00420011, "OB", b"%PDF" + b"\x00" * 100_000))
+    assert big.read_bytes().rindex(struct.pack("<HH", 0x7FE0, 0x0010)) > rawlane.FIRST_READ
+    fast, slow = _lanes(load_profile("basic"), secret)
+    r1 = rawlane.process_file(fast, big, tmp_path / "a.dcm", "a")
+    _same_result(r1, slow.process_file(big, tmp_path, "b"))

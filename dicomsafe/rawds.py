@@ -2,16 +2,18 @@
 
 Why it exists: building a pydicom Dataset, converting every value and encoding every value again
 is most of the cost of de-identifying a small file (~5 ms of CPU per CT slice where pydicom's own
-read + write takes ~1 ms). For the common case — explicit VR little endian, native pixel data as
-the last element, a single-byte or UTF-8 character set — this module parses the header bytes
+read + write takes ~1 ms). For the common case — an explicit VR little endian dataset with a
+single-byte or UTF-8 character set (dicomsafe.rawlane decides which files) — this module parses the
+header bytes
 itself into a :class:`RawDataset` that the rules engine, the harvest and the verifier use in place
 of a pydicom Dataset:
 
-* values are converted by pydicom's own converter (``convert_raw_data_element``) on first use
-  only, exactly as ``Dataset.__getitem__`` would, so every value the engine sees is the value
-  pydicom would have given it;
-* an element that was never changed is written back as its original bytes; a changed or new one
-  is encoded by pydicom's writer (``write_data_element``).
+* values are converted by pydicom's own converter (``convert_value``, as
+  ``convert_raw_data_element`` calls it) on first use only, exactly as ``Dataset.__getitem__``
+  would, so every value the engine sees is the value pydicom would have given it;
+* an element whose value was never changed is written back as its original bytes; a changed or
+  new one is encoded byte-for-byte as pydicom's writer would (:func:`encode_text_element` for
+  plain strings, ``write_data_element`` itself for the rest).
 
 The parser is strict on purpose: anything it does not fully understand (another encoding, UN or
 undefined-length values, odd lengths, a nested character set, pixel data inside sequences,
@@ -31,13 +33,13 @@ from pydicom.charset import convert_encodings, default_encoding
 from pydicom.errors import BytesLengthException
 from pydicom.hooks import _LUT_DESCRIPTOR_TAGS, raw_element_value, raw_element_vr
 from pydicom.hooks import hooks as _hooks
-from pydicom.values import convert_value
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
+from pydicom.values import convert_value
 
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 PIXEL_DATA = 0x7FE00010
@@ -146,7 +148,7 @@ class RawDataset:
                 self._anomalies.append("value-conversion")
                 raise NotEligible("value-conversion")  # pydicom fell back to UN: full lane
             self._dict[tag] = elem
-            self._orig[tag] = (elem, elem.value)
+            self._orig[tag] = (elem, _frozen(elem.value))
         return elem
 
     def __delitem__(self, tag: int) -> None:
@@ -196,9 +198,17 @@ class RawDataset:
         if isinstance(elem, RawDataElement):
             return self._buf[span[0]:span[1]]
         orig = self._orig.get(tag)
-        if orig is not None and orig[0] is elem and elem.value is orig[1]:
+        # compared by value, not identity: a value list changed in place must not keep old bytes
+        if orig is not None and orig[0] is elem and _frozen(elem.value) == orig[1]:
             return self._buf[span[0]:span[1]]
         return None
+
+
+def _frozen(value: Any) -> Any:
+    """A snapshot of a converted value that later changes, in place or not, cannot alter."""
+    if isinstance(value, (list, MultiValue)):
+        return (type(value), tuple((type(v), v) for v in value))
+    return (type(value), value)
 
 
 def _convert(raw: RawDataElement, charset: list[str]) -> DataElement:

@@ -460,3 +460,18 @@ def test_header_longer_than_the_first_read(secret, tmp_path):
     fast, slow = _lanes(load_profile("basic"), secret)
     r1 = rawlane.process_file(fast, big, tmp_path / "a.dcm", "a")
     _same_result(r1, slow.process_file(big, tmp_path, "b"))
+
+
+def test_a_value_list_changed_in_place_is_reencoded(secret, tmp_path):
+    """Unchanged means equal to what was read, not the same object: code that edits a value list
+    in place must not get the original bytes written back."""
+    f = _ct(tmp_path, 1)[0]
+    data = f.read_bytes()
+    meta, _, start = rawds.parse_meta(data)
+    ds, _, _ = rawds.parse_dataset(data, start)
+    tag = tag_for_keyword("ImageType")
+    values = ds[tag].value
+    assert len(values) > 1 and ds.unchanged_bytes(tag) is not None
+    values[0] = "DERIVED"
+    assert ds.unchanged_bytes(tag) is None
+    assert b"DERIVED\\" in rawds.encode(ds, ds._charset, below=rawds.PIXEL_DATA)

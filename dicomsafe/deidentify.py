@@ -22,8 +22,8 @@ from . import verify as phi_verify
 from .errors import InputFileError, OutputError
 from .fsutil import sync_files
 from .profiles import Profile
-from .rawds import NotEligible
 from .pseudonyms import Pseudonymizer
+from .rawds import NotEligible
 from .rules import CID7050, Context, Plan, compile_plan
 
 log = logging.getLogger(__name__)
@@ -140,6 +140,8 @@ class Deidentifier:
         """Read, transform, write to ``staging_dir/<file_id>.dcm`` and verify it.
 
         Never raises for a bad input: every per-file problem becomes a quarantined result.
+        The raw lane is tried first when the profile allows it; whatever it does not take
+        (NotEligible, findings included) is done again from the start below.
         """
         staged = staging_dir / f"{file_id}.dcm"
         if self.raw_lane:

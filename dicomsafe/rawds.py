@@ -31,7 +31,7 @@ import pydicom.config
 import pydicom.uid
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.errors import BytesLengthException
-from pydicom.hooks import _LUT_DESCRIPTOR_TAGS, raw_element_value, raw_element_vr
+from pydicom.hooks import _LUT_DESCRIPTOR_TAGS, _private_vr_for_tag, raw_element_value, raw_element_vr
 from pydicom.hooks import hooks as _hooks
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
@@ -42,6 +42,7 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.values import convert_value
 
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 PIXEL_DATA = 0x7FE00010
 CHARSET_TAG = 0x00080005
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -101,15 +102,16 @@ class RawDataset:
     elements: ``keys``, ``in``, ``ds[tag]`` (converts on first use), ``get_item``, ``get``,
     ``del``, keyword assignment, ``file_meta``. Values keep pydicom's types and semantics."""
 
-    __slots__ = ("_dict", "_orig", "_buf", "_spans", "_charset", "_anomalies", "file_meta")
-    is_implicit_VR = False  # what rawds parses and writes: explicit VR little endian only
-    is_little_endian = True
+    __slots__ = ("_dict", "_orig", "_buf", "_spans", "_charset", "_anomalies", "_implicit", "file_meta")
+    is_little_endian = True  # what rawds parses and writes: little endian only
 
-    def __init__(self, buf: bytes, charset: list[str], anomalies: list[str] | None = None):
+    def __init__(self, buf: bytes, charset: list[str], anomalies: list[str] | None = None,
+                 implicit: bool = False):
         # One list per parse, shared by every item: a value pydicom could not convert anywhere
         # in the tree is noted there, because callers such as the verifier catch conversion
         # errors and carry on (on the raw bytes); the raw lane then defers to the full lane.
         object.__setattr__(self, "_anomalies", [] if anomalies is None else anomalies)
+        object.__setattr__(self, "_implicit", implicit)
         object.__setattr__(self, "_dict", {})
         object.__setattr__(self, "_orig", {})  # tag -> (converted element, its value at conversion)
         object.__setattr__(self, "_buf", buf)
@@ -182,6 +184,10 @@ class RawDataset:
             self._dict[tag] = SeqElement(tag, list(value))
         else:
             self._dict[tag] = DataElement(tag, vr, value)
+
+    @property
+    def is_implicit_VR(self) -> bool:
+        return self._implicit
 
     @property
     def anomalies(self) -> list[str]:
@@ -259,13 +265,16 @@ def parse_meta(buf: bytes) -> tuple[RawDataset, str, int]:
     return meta, ts, pos
 
 
-def parse_dataset(buf: bytes, start: int, *, limit: int | None = None
+def parse_dataset(buf: bytes, start: int, *, limit: int | None = None, implicit: bool = False
                   ) -> tuple[RawDataset, int | None, list[tuple[int, int]]]:
-    """The top-level dataset from ``start``: (dataset, offset of the Pixel Data element or None,
-    [(start, tag)] of every top-level element). Stops at Pixel Data, which must be last."""
+    """The top-level dataset from ``start`` (explicit VR unless ``implicit``): (dataset, offset of
+    the Pixel Data element or None, [(start, tag)] of every top-level element). Stops at Pixel
+    Data, which must be last."""
     n = len(buf) if limit is None else limit
-    charset = _charset_of(buf, start, n)
-    ds = RawDataset(buf, charset)
+    if implicit and start + 6 <= n and bytes(buf[start + 4:start + 6]) in _VRS:
+        raise NotEligible("encoding")  # the meta says implicit, the body looks explicit
+    charset = _charset_of(buf, start, n, implicit)
+    ds = RawDataset(buf, charset, implicit=implicit)
     tops: list[tuple[int, int]] = []
     pos = start
     prev = -1
@@ -285,7 +294,7 @@ def parse_dataset(buf: bytes, start: int, *, limit: int | None = None
     return ds, None, tops
 
 
-def _charset_of(buf: bytes, start: int, n: int) -> list[str]:
+def _charset_of(buf: bytes, start: int, n: int, implicit: bool = False) -> list[str]:
     """The dataset's character set, found by a quick look for (0008,0005) near the start."""
     pos = start
     while pos + 8 <= n:
@@ -293,13 +302,16 @@ def _charset_of(buf: bytes, start: int, n: int) -> list[str]:
         tag = (group << 16) | elem
         if tag > CHARSET_TAG:
             break
-        vr = _VRS.get(vrb)
-        if vr is None:
-            raise NotEligible("vr")
-        if vr in _LONG_VRS:
-            length, hdr = _U32.unpack_from(buf, pos + 8)[0], 12
+        if implicit:
+            length, hdr = _U32.unpack_from(buf, pos + 4)[0], 8
         else:
-            length, hdr = _U16.unpack_from(buf, pos + 6)[0], 8
+            vr = _VRS.get(vrb)
+            if vr is None:
+                raise NotEligible("vr")
+            if vr in _LONG_VRS:
+                length, hdr = _U32.unpack_from(buf, pos + 8)[0], 12
+            else:
+                length, hdr = _U16.unpack_from(buf, pos + 6)[0], 8
         if length == _UNDEFINED:
             raise NotEligible("undefined-length")
         if tag == CHARSET_TAG:
@@ -315,22 +327,26 @@ def _element(buf: bytes, pos: int, end: int, ds: RawDataset, depth: int) -> int:
     """Parse one element at ``pos`` into ``ds``; return the offset after it."""
     group, elem, vrb = _TAG_VR.unpack_from(buf, pos)
     tag = (group << 16) | elem
-    vr = _VRS.get(vrb)
-    if vr is None:
-        raise NotEligible("vr")  # UN, a bad VR, or an item/delimiter where an element belongs
-    if vr in _LONG_VRS:
-        if pos + 12 > end:
-            raise NotEligible("short-header")
-        length, hdr = _U32.unpack_from(buf, pos + 8)[0], 12
+    if ds._implicit:
+        vr = _implicit_vr(tag, ds)
+        length, hdr = _U32.unpack_from(buf, pos + 4)[0], 8
     else:
-        length, hdr = _U16.unpack_from(buf, pos + 6)[0], 8
+        vr = _VRS.get(vrb)
+        if vr is None:
+            raise NotEligible("vr")  # UN, a bad VR, or an item/delimiter where an element belongs
+        if vr in _LONG_VRS:
+            if pos + 12 > end:
+                raise NotEligible("short-header")
+            length, hdr = _U32.unpack_from(buf, pos + 8)[0], 12
+        else:
+            length, hdr = _U16.unpack_from(buf, pos + 6)[0], 8
     vpos = pos + hdr
     if tag in _SAMPLE_TAGS or (group & 0xFF01 == 0x6000 and elem == 0x3000) or tag == PIXEL_DATA:
         raise NotEligible("nested-samples")
     if vr == "SQ":
         if depth >= 32:
             raise NotEligible("deep")
-        items, stop = _sequence(buf, vpos, length, end, ds._charset, depth + 1, ds._anomalies)
+        items, stop = _sequence(buf, vpos, length, end, ds._charset, depth + 1, ds._anomalies, ds._implicit)
         ds._dict[tag] = SeqElement(tag, items, vpos)
         ds._spans[tag] = (pos, stop)
         return stop
@@ -349,9 +365,28 @@ def _element(buf: bytes, pos: int, end: int, ds: RawDataset, depth: int) -> int:
         raise NotEligible("text-bytes")  # the full lane quarantines it (malformed-text)
     if depth and tag == CHARSET_TAG:
         raise NotEligible("nested-charset")
-    ds._dict[tag] = RawDataElement(BaseTag(tag), vr, length, value, vpos, False, True)
+    ds._dict[tag] = RawDataElement(BaseTag(tag), vr, length, value, vpos, ds._implicit, True)
     ds._spans[tag] = (pos, stop)
     return stop
+
+
+def _implicit_vr(tag: int, ds: RawDataset) -> str:
+    """The VR pydicom gives an implicit VR element (hooks.raw_element_vr): the dictionary's;
+    for a private tag its creator's private dictionary entry (or LO for a creator, UN when
+    unknown); UL for an unknown group length; UN for another unknown tag. An ambiguous
+    dictionary VR ("US or SS" …), which pydicom resolves from other attributes, is refused."""
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        if tag >> 16 & 1:
+            vr = _private_vr_for_tag(ds, BaseTag(tag))
+        elif tag & 0xFFFF == 0:
+            vr = "UL"
+        else:
+            vr = "UN"
+    if vr != "UN" and vr.encode("ascii") not in _VRS:
+        raise NotEligible("ambiguous-vr")
+    return str(vr)
 
 
 def _has_bad_text(value: bytes) -> bool:
@@ -364,7 +399,7 @@ _BAD_BYTES = bytes(sorted(_BAD_TEXT_BYTES))
 
 
 def _sequence(buf: bytes, pos: int, length: int, end: int, charset: list[str], depth: int,
-              anomalies: list[str]) -> tuple[list[RawDataset], int]:
+              anomalies: list[str], implicit: bool) -> tuple[list[RawDataset], int]:
     """Items of a sequence value at ``pos``; returns (items, offset after the sequence)."""
     limit = end if length == _UNDEFINED else pos + length
     if limit > end:
@@ -382,7 +417,7 @@ def _sequence(buf: bytes, pos: int, length: int, end: int, charset: list[str], d
             return items, pos
         if tag != _ITEM or len(items) >= MAX_ITEMS:
             raise NotEligible("item")
-        item = RawDataset(buf, charset, anomalies)
+        item = RawDataset(buf, charset, anomalies, implicit)
         istop = limit if ilen == _UNDEFINED else pos + ilen
         if istop > limit:
             raise NotEligible("overrun")
@@ -412,22 +447,28 @@ _ITEM_TAIL = struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
 _SEQ_TAIL = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
 
 
-def encode(ds: Any, charset: list[str], *, below: int | None = None) -> bytes:
-    """Encode ``ds`` (a RawDataset, or a pydicom Dataset for new items) in explicit VR little
-    endian, elements sorted by tag, group lengths left out (they are optional and the engine
-    drops them); ``below`` stops before that tag (the streamed Pixel Data)."""
+def encode(ds: Any, charset: list[str], *, below: int | None = None, implicit: bool | None = None) -> bytes:
+    """Encode ``ds`` (a RawDataset, or a pydicom Dataset for new items) in little endian, explicit
+    VR unless ``implicit`` (default: as the RawDataset was parsed), elements sorted by tag, group
+    lengths left out (they are optional and the engine drops them); ``below`` stops before that
+    tag (the streamed Pixel Data)."""
+    if implicit is None:
+        implicit = ds._implicit if isinstance(ds, RawDataset) else False
     if not isinstance(ds, RawDataset):
-        return _encode_new_item(ds, charset)
+        return _encode_new_item(ds, charset, implicit)
     out: list[bytes] = []
     for tag in sorted(ds._dict):
         if below is not None and tag >= below:
             break
         elem = ds._dict[tag]
         if isinstance(elem, SeqElement):
-            out.append(struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, b"SQ", 0, _UNDEFINED))
+            if implicit:
+                out.append(struct.pack("<HHI", tag >> 16, tag & 0xFFFF, _UNDEFINED))
+            else:
+                out.append(struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, b"SQ", 0, _UNDEFINED))
             for item in elem.value or ():
                 out.append(_ITEM_HEAD)
-                out.append(encode(item, charset))
+                out.append(encode(item, charset, implicit=implicit))
                 out.append(_ITEM_TAIL)
             out.append(_SEQ_TAIL)
             continue
@@ -435,12 +476,12 @@ def encode(ds: Any, charset: list[str], *, below: int | None = None) -> bytes:
         if same is not None:
             out.append(same)
             continue
-        fast = encode_text_element(elem, charset)
+        fast = encode_text_element(elem, charset, implicit=implicit)
         if fast is not None:
             out.append(fast)
             continue
         fp = DicomBytesIO()
-        fp.is_little_endian, fp.is_implicit_VR = True, False
+        fp.is_little_endian, fp.is_implicit_VR = True, implicit
         write_data_element(fp, elem, charset)
         out.append(fp.getvalue())
     return b"".join(out)
@@ -449,18 +490,18 @@ def encode(ds: Any, charset: list[str], *, below: int | None = None) -> bytes:
 _ITEM_CACHE: dict[tuple, bytes] = {}
 
 
-def _encode_new_item(item: Any, charset: list[str]) -> bytes:
+def _encode_new_item(item: Any, charset: list[str], implicit: bool = False) -> bytes:
     """A new pydicom item (the marks' CID 7050 code items), encoded by pydicom's write_dataset.
     Items whose elements all hold plain strings are remembered by their (tag, VR, value)s: the
     same three code items go into every output of a run."""
     key = None
     if all(type(e.value) is str for e in item):
-        key = (tuple(charset), tuple((int(e.tag), e.VR, e.value) for e in item))
+        key = (implicit, tuple(charset), tuple((int(e.tag), e.VR, e.value) for e in item))
         got = _ITEM_CACHE.get(key)
         if got is not None:
             return got
     fp = DicomBytesIO()
-    fp.is_little_endian, fp.is_implicit_VR = True, False
+    fp.is_little_endian, fp.is_implicit_VR = True, implicit
     write_dataset(fp, item, parent_encoding=charset)
     data = fp.getvalue()
     if key is not None and len(_ITEM_CACHE) < 256:
@@ -476,7 +517,7 @@ _TEXT_WRITTEN = frozenset({"LO", "SH", "LT", "ST", "UT", "UC"})
 _PLAIN_CODECS = frozenset({"iso8859", "latin_1", "UTF8"})
 
 
-def encode_text_element(elem: Any, charset: list[str]) -> bytes | None:
+def encode_text_element(elem: Any, charset: list[str], *, implicit: bool = False) -> bytes | None:
     """The bytes pydicom's ``write_data_element`` writes for a string-valued element, or None
     when the case is not the plain one (then pydicom encodes it). Byte-for-byte equal to
     pydicom's output (tests/test_rawlane.py compares them); four times faster."""
@@ -507,6 +548,8 @@ def encode_text_element(elem: Any, charset: list[str]) -> bytes | None:
     if len(data) & 1:
         data += b"\0" if vr == "UI" else b" "
     tag = int(elem.tag)
+    if implicit:
+        return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(data)) + data
     if vr in _LONG_VRS:
         return struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, vr.encode(), 0, len(data)) + data
     if len(data) > 0xFFFF:

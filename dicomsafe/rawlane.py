@@ -30,7 +30,7 @@ from pydicom.uid import UID
 from . import dicomio
 from . import verify as phi_verify
 from .fsutil import staging_writer
-from .rawds import (EXPLICIT_VR_LE, PIXEL_DATA, NotEligible, RawDataset, encode, file_meta_bytes, parse_dataset,
+from .rawds import (EXPLICIT_VR_LE, IMPLICIT_VR_LE, PIXEL_DATA, NotEligible, RawDataset, encode, file_meta_bytes, parse_dataset,
                     parse_meta)
 
 if TYPE_CHECKING:
@@ -78,9 +78,9 @@ def _process(deid: Deidentifier, path: str | os.PathLike[str], staged: Path, fil
         size = st.st_size
         buf = fh.read(min(size, FIRST_READ))
         meta, ts, start = parse_meta(buf)
-        encapsulated = _encapsulated(ts)
+        implicit, encapsulated = _syntax(ts)
         try:
-            ds, pix, _ = parse_dataset(buf, start)
+            ds, pix, _ = parse_dataset(buf, start, implicit=implicit)
             complete = pix is not None or len(buf) == size
         except NotEligible as exc:
             if len(buf) == size or str(exc) not in CUT_SHORT:
@@ -89,10 +89,10 @@ def _process(deid: Deidentifier, path: str | os.PathLike[str], staged: Path, fil
         if not complete:
             buf += fh.read(min(size, MAX_HEADER) - len(buf))
             meta, ts, start = parse_meta(buf)
-            ds, pix, _ = parse_dataset(buf, start)
+            ds, pix, _ = parse_dataset(buf, start, implicit=implicit)
             if pix is None and len(buf) != size:
                 raise NotEligible("long-header")
-        pixel_end = _pixel_end(fh, buf, pix, size, encapsulated) if pix is not None else None
+        pixel_end = _pixel_end(fh, buf, pix, size, encapsulated, implicit) if pix is not None else None
         ds.file_meta = meta
         phi = phi_verify.harvest(ds)
         if study is not None:
@@ -101,7 +101,7 @@ def _process(deid: Deidentifier, path: str | os.PathLike[str], staged: Path, fil
         if ds.anomalies:
             raise NotEligible("value-conversion")
         head = _file_head(ds, ts)
-        sha = _write(staged, head, fh, buf, pix, pixel_end)
+        sha = _write(staged, head, fh, buf, pix, pixel_end, 8 if implicit else 12)
         now = os.fstat(fh.fileno())
         if (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
             raise NotEligible("changed")  # the full lane reports it (InputFileError "changed")
@@ -112,26 +112,33 @@ def _process(deid: Deidentifier, path: str | os.PathLike[str], staged: Path, fil
                       size=size, sha256=sha)
 
 
-def _encapsulated(ts: str) -> bool:
-    """Whether the transfer syntax is one the lane takes, and if so whether its pixel data is
-    encapsulated: explicit VR little endian itself (native pixels), or a compressed syntax, whose
-    dataset is explicit VR little endian too. Deflate, big endian, implicit VR, private and unknown
-    syntaxes go to the full lane."""
+def _syntax(ts: str) -> tuple[bool, bool]:
+    """(implicit VR, encapsulated pixels) for a transfer syntax the lane takes: explicit VR little
+    endian (native pixels), implicit VR little endian (native), or a compressed syntax, whose
+    dataset is explicit VR little endian. Deflate, big endian, private and unknown syntaxes go to
+    the full lane."""
     if ts == EXPLICIT_VR_LE:
-        return False
+        return False, False
+    if ts == IMPLICIT_VR_LE:
+        return True, False
     uid = UID(ts)
     if (uid.is_transfer_syntax and not uid.is_private and uid.is_encapsulated and not uid.is_deflated
             and uid.is_little_endian and not uid.is_implicit_VR):
-        return True
+        return False, True
     raise NotEligible("transfer-syntax")
 
 
-def _pixel_end(fh: BinaryIO, buf: bytes, pix: int, size: int, encapsulated: bool) -> int:
+def _pixel_end(fh: BinaryIO, buf: bytes, pix: int, size: int, encapsulated: bool, implicit: bool = False) -> int:
     """Where the Pixel Data element at ``pix`` ends; it must be the file's last element. Native
     data has a defined even length; encapsulated data is a run of items ended by a Sequence
     Delimitation Item, walked by their headers (8 bytes read per fragment)."""
     if pix + 12 > len(buf):
         raise NotEligible("short-header")
+    if implicit:  # tag and a 4-byte length; native only
+        length = int.from_bytes(buf[pix + 4:pix + 8], "little")
+        if length == 0xFFFFFFFF or length & 1 or pix + 8 + length != size:
+            raise NotEligible("pixel-layout")
+        return pix + 8 + length
     vr = bytes(buf[pix + 4:pix + 6])
     length = int.from_bytes(buf[pix + 8:pix + 12], "little")
     if not encapsulated:
@@ -160,10 +167,12 @@ def _pixel_end(fh: BinaryIO, buf: bytes, pix: int, size: int, encapsulated: bool
         pos += 8 + ilen
 
 
-def _pixel_value_range(mm: Any, pix: int) -> tuple[int, int]:
+def _pixel_value_range(mm: Any, pix: int, implicit: bool = False) -> tuple[int, int]:
     """The Pixel Data value the byte layer treats as samples: the native value, or the items of
     encapsulated data without the final delimiter (what pydicom reads as the value, and so what
     verify.verify_file skips)."""
+    if implicit:
+        return pix + 8, pix + 8 + int.from_bytes(mm[pix + 4:pix + 8], "little")
     length = int.from_bytes(mm[pix + 8:pix + 12], "little")
     if length != 0xFFFFFFFF:
         return pix + 12, pix + 12 + length
@@ -182,15 +191,16 @@ def _file_head(ds: RawDataset, ts: str) -> bytes:
     return b"\x00" * 128 + b"DICM" + meta + body
 
 
-def _write(staged: Path, head: bytes, src: BinaryIO, buf: bytes, pix: int | None, end: int | None) -> str:
+def _write(staged: Path, head: bytes, src: BinaryIO, buf: bytes, pix: int | None, end: int | None,
+           pixel_header: int = 12) -> str:
     """Write the head, then the Pixel Data element copied from the open source in 1 MiB reads,
     to ``staged``; the SHA-256 of the bytes written."""
     with staging_writer(staged) as raw:
         out = dicomio._HashingWriter(raw)  # noqa: SLF001
         out.write(head)
         if pix is not None and end is not None:
-            out.write(bytes(buf[pix:pix + 12]))
-            pos = pix + 12
+            out.write(bytes(buf[pix:pix + pixel_header]))
+            pos = pix + pixel_header
             src.seek(pos)
             scratch = _scratch()
             while pos < end:
@@ -230,8 +240,9 @@ def verify_staged(path: Path, phi: Any, ignore_kinds: frozenset[str], year_tags:
     finally:
         os.close(fd)
     with mm:
-        meta, _, start = parse_meta(mm)
-        ds, pix, _ = parse_dataset(mm, start)
+        meta, ts, start = parse_meta(mm)
+        implicit = _syntax(ts)[0]
+        ds, pix, _ = parse_dataset(mm, start, implicit=implicit)
         if len(ds) == 0:
             raise NotEligible("empty")
         ds.file_meta = meta
@@ -241,7 +252,7 @@ def verify_staged(path: Path, phi: Any, ignore_kinds: frozenset[str], year_tags:
         skips: list[tuple[int, int]] = []
         if pix is not None:
             spans.append((pix, phi_verify._tag_label(PIXEL_DATA)))  # noqa: SLF001
-            skips.append(_pixel_value_range(mm, pix))
+            skips.append(_pixel_value_range(mm, pix, implicit))
         findings = phi_verify.find_in_dataset(ds, phi, ignore_kinds=ignore_kinds, year_tags=year_tags)
         year_labels = phi_verify._year_start_labels(ds, year_tags, frozenset())  # noqa: SLF001
         if ds.anomalies or meta.anomalies:

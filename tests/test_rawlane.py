@@ -163,6 +163,20 @@ def _ct(tmp_path: Path, n: int = 3) -> list[Path]:
     return sorted(p for p in (tmp_path / "ct").rglob("*") if p.is_file())
 
 
+def test_implicit_vr_ct_takes_the_raw_lane(secret, tmp_path):
+    """The same CT in implicit VR little endian (the default syntax of a PACS C-STORE)."""
+    f = _ct(tmp_path, 1)[0]
+
+    def implicit(ds):
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+
+    src = _edit(f, tmp_path / "implicit.dcm", implicit)
+    fast, slow = _lanes(load_profile("basic"), secret)
+    r1 = rawlane.process_file(fast, src, tmp_path / "a.dcm", "a")
+    _same_result(r1, slow.process_file(src, tmp_path, "b"))
+    assert _read(r1.staged).file_meta.TransferSyntaxUID == pydicom.uid.ImplicitVRLittleEndian
+
+
 def test_benchmark_ct_takes_the_raw_lane(secret, tmp_path):
     """The synthetic CT of scripts/bench is the lane's target: it must not fall back."""
     fast, slow = _lanes(load_profile("basic"), secret)
@@ -260,10 +274,16 @@ def _refusals(tmp_path: Path) -> list[tuple[str, Path]]:
     f = _ct(tmp_path, 1)[0]
     out = []
 
-    def implicit(ds):
-        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    def deflated(ds):
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
 
-    out.append(("transfer-syntax", _edit(f, tmp_path / "implicit.dcm", implicit)))
+    out.append(("transfer-syntax", _edit(f, tmp_path / "deflated.dcm", deflated)))
+
+    def ambiguous(ds):
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+        ds.SmallestImagePixelValue = 0  # "US or SS": pydicom resolves it from PixelRepresentation
+
+    out.append(("ambiguous-vr", _edit(f, tmp_path / "implicit-ambiguous.dcm", ambiguous)))
 
     def iso2022(ds):
         ds.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
@@ -523,14 +543,16 @@ def _datasets(draw):
     nested = draw(st.lists(st.sampled_from(_TEXTUAL), max_size=4, unique=True))
     nested_values = {k: _value_for(k, draw(_TEXT)) for k in nested}
     private = draw(st.one_of(st.none(), _TEXT))
-    return charset, values, numbers, nested_values, private
+    implicit = draw(st.booleans())
+    return charset, values, numbers, nested_values, private, implicit
 
 
 def _random_file(path: Path, spec) -> Path:
-    charset, values, numbers, nested_values, private = spec
+    charset, values, numbers, nested_values, private, implicit = spec
     ds = pydicom.Dataset()
     ds.file_meta = pydicom.dataset.FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.file_meta.TransferSyntaxUID = (pydicom.uid.ImplicitVRLittleEndian if implicit
+                                      else pydicom.uid.ExplicitVRLittleEndian)
     ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
     ds.file_meta.MediaStorageSOPInstanceUID = "2.25.4242"
     if charset and charset != "ISO_IR 192":

@@ -36,7 +36,7 @@ from pydicom.hooks import hooks as _hooks
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_data_element, write_dataset
+from pydicom.filewriter import _AMBIGUOUS_US_SS_TAGS, write_data_element, write_dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 from pydicom.values import convert_value
@@ -45,6 +45,7 @@ EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 PIXEL_DATA = 0x7FE00010
 CHARSET_TAG = 0x00080005
+PIXEL_REPRESENTATION = 0x00280103
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
 
@@ -328,7 +329,7 @@ def _element(buf: bytes, pos: int, end: int, ds: RawDataset, depth: int) -> int:
     group, elem, vrb = _TAG_VR.unpack_from(buf, pos)
     tag = (group << 16) | elem
     if ds._implicit:
-        vr = _implicit_vr(tag, ds)
+        vr = _implicit_vr(tag, ds, depth)
         length, hdr = _U32.unpack_from(buf, pos + 4)[0], 8
     else:
         vr = _VRS.get(vrb)
@@ -370,11 +371,16 @@ def _element(buf: bytes, pos: int, end: int, ds: RawDataset, depth: int) -> int:
     return stop
 
 
-def _implicit_vr(tag: int, ds: RawDataset) -> str:
+def _implicit_vr(tag: int, ds: RawDataset, depth: int) -> str:
     """The VR pydicom gives an implicit VR element (hooks.raw_element_vr): the dictionary's;
     for a private tag its creator's private dictionary entry (or LO for a creator, UN when
-    unknown); UL for an unknown group length; UN for another unknown tag. An ambiguous
-    dictionary VR ("US or SS" …), which pydicom resolves from other attributes, is refused."""
+    unknown); UL for an unknown group length; UN for another unknown tag.
+
+    An ambiguous dictionary VR is resolved only where pydicom's rule is simple: a top-level
+    "US or SS" attribute (PixelPaddingValue, SmallestImagePixelValue …) after a top-level
+    PixelRepresentation of 0 (US) or 1 (SS), as correct_ambiguous_vr_element decides. LUT
+    descriptors (whose first value pydicom also adjusts), nested ones and every other ambiguous
+    VR are refused."""
     try:
         vr = dictionary_VR(tag)
     except KeyError:
@@ -384,6 +390,12 @@ def _implicit_vr(tag: int, ds: RawDataset) -> str:
             vr = "UL"
         else:
             vr = "UN"
+    if vr == "US or SS" and depth == 0 and tag in _AMBIGUOUS_US_SS_TAGS and tag not in _LUT_TAGS:
+        rep = ds._dict.get(PIXEL_REPRESENTATION)
+        if rep is not None:
+            value = ds[PIXEL_REPRESENTATION].value
+            if value in (0, 1) and type(value) is int:
+                return "US" if value == 0 else "SS"
     if vr != "UN" and vr.encode("ascii") not in _VRS:
         raise NotEligible("ambiguous-vr")
     return str(vr)

@@ -177,6 +177,28 @@ def test_implicit_vr_ct_takes_the_raw_lane(secret, tmp_path):
     assert _read(r1.staged).file_meta.TransferSyntaxUID == pydicom.uid.ImplicitVRLittleEndian
 
 
+@pytest.mark.parametrize("pixel_representation", [0, 1])
+def test_implicit_us_or_ss_resolved_as_pydicom_does(pixel_representation, secret, tmp_path):
+    """PixelPaddingValue and the smallest/largest pixel values are "US or SS" in the dictionary;
+    in implicit VR pydicom reads them by PixelRepresentation, and so does the raw lane."""
+    f = _ct(tmp_path, 1)[0]
+
+    def implicit(ds):
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+        ds.PixelRepresentation = pixel_representation
+        ds.SmallestImagePixelValue = 0 if pixel_representation == 0 else -1024
+        ds.LargestImagePixelValue = 4095
+        ds.PixelPaddingValue = 0 if pixel_representation == 0 else -2000
+
+    src = _edit(f, tmp_path / "implicit-ct.dcm", implicit)
+    fast, slow = _lanes(load_profile("basic"), secret)
+    r1 = rawlane.process_file(fast, src, tmp_path / "a.dcm", "a")
+    _same_result(r1, slow.process_file(src, tmp_path, "b"))
+    out = _read(r1.staged)
+    assert out.PixelPaddingValue == (0 if pixel_representation == 0 else -2000)
+    assert out["PixelPaddingValue"].VR == ("US" if pixel_representation == 0 else "SS")
+
+
 def test_benchmark_ct_takes_the_raw_lane(secret, tmp_path):
     """The synthetic CT of scripts/bench is the lane's target: it must not fall back."""
     fast, slow = _lanes(load_profile("basic"), secret)
@@ -281,7 +303,7 @@ def _refusals(tmp_path: Path) -> list[tuple[str, Path]]:
 
     def ambiguous(ds):
         ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
-        ds.SmallestImagePixelValue = 0  # "US or SS": pydicom resolves it from PixelRepresentation
+        ds.RedPaletteColorLookupTableDescriptor = [256, 0, 16]  # a LUT descriptor: "US or SS"
 
     out.append(("ambiguous-vr", _edit(f, tmp_path / "implicit-ambiguous.dcm", ambiguous)))
 
@@ -540,6 +562,9 @@ def _datasets(draw):
     chosen = draw(st.lists(st.sampled_from(_TEXTUAL), min_size=3, max_size=12, unique=True))
     values = {k: _value_for(k, draw(_TEXT)) for k in chosen}
     numbers = {k: draw(st.sampled_from(v)) for k, v in _NUMERIC.items() if draw(st.booleans())}
+    if draw(st.booleans()):  # a "US or SS" attribute, read by PixelRepresentation in implicit VR
+        numbers["PixelRepresentation"] = draw(st.sampled_from([0, 1]))
+        numbers["PixelPaddingValue"] = draw(st.sampled_from([0, 100, 4095]))
     nested = draw(st.lists(st.sampled_from(_TEXTUAL), max_size=4, unique=True))
     nested_values = {k: _value_for(k, draw(_TEXT)) for k in nested}
     private = draw(st.one_of(st.none(), _TEXT))

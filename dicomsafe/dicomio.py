@@ -99,6 +99,15 @@ DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 PIXEL_DATA_TAG = 0x7FE00010
 #: pydicom's stop_before_pixels stops at the first of these top-level tags.
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+#: Sampled data (pixels, overlay planes, waveforms, spectra): bytes of measurements, not text.
+_SAMPLE_TAGS = _PIXEL_TAGS | frozenset({0x54001010, 0x56000020, 0x56000010})
+
+
+def is_sample_tag(tag: int) -> bool:
+    """Pixel data of any kind, waveform and spectroscopy data, overlay planes (60xx,3000): the
+    values the verifier scans for SSNs only and that the raw lane leaves to the full lane when
+    they are not the top-level Pixel Data."""
+    return tag in _SAMPLE_TAGS or ((tag >> 16) & 0xFF01 == 0x6000 and tag & 0xFFFF == 0x3000)
 _ITEM = 0xFFFEE000
 _ITEM_DELIM = 0xFFFEE00D
 _SEQ_DELIM = 0xFFFEE0DD

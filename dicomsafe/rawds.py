@@ -39,11 +39,14 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import _AMBIGUOUS_US_SS_TAGS, write_data_element, write_dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.values import convert_value
 
-EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
-IMPLICIT_VR_LE = "1.2.840.10008.1.2"
-PIXEL_DATA = 0x7FE00010
+from .dicomio import _BAD_TEXT, DEFAULT_LIMITS, PIXEL_DATA_TAG, is_sample_tag
+
+EXPLICIT_VR_LE = str(ExplicitVRLittleEndian)
+IMPLICIT_VR_LE = str(ImplicitVRLittleEndian)
+PIXEL_DATA = PIXEL_DATA_TAG
 CHARSET_TAG = 0x00080005
 PIXEL_REPRESENTATION = 0x00280103
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -57,16 +60,15 @@ _WIDTH = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8, "AT": 4, "UV": 8
           "OW": 2, "OF": 4, "OD": 8, "OL": 4, "OV": 8}
 _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC",
                        "UI", "UR", "UT"})
-#: Sampled data anywhere but the top-level Pixel Data (icons, overlays, waveforms): the verifier's
-#: pixel ranges for those need the full lane.
-_SAMPLE_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x54001010, 0x56000020, 0x56000010})
 #: Character sets whose values decode one way only, the same in every reader.
 PLAIN_CHARSETS = frozenset({b"", b"ISO_IR 6", b"ISO_IR 100", b"ISO_IR 192"})
-#: C0 controls other than TAB, LF, FF, CR and ESC: never in text (dicomio._check_text's rule,
-#: checked here on the raw bytes, which is the same for these single-byte/UTF-8 sets).
-_BAD_TEXT_BYTES = frozenset(set(range(0x00, 0x09)) | {0x0B} | set(range(0x0E, 0x1B)) | set(range(0x1C, 0x20)))
-
-MAX_ITEMS = 1_000_000  # dicomio.ReadLimits.max_items: beyond it the full lane quarantines
+#: The control bytes dicomio._check_text refuses in text, as bytes: for these single-byte and
+#: UTF-8 sets a byte below 0x20 decodes to the same code point (UTF-8 multi-byte sequences have
+#: no byte below 0x80), so checking the raw bytes is checking the decoded text.
+_BAD_BYTES = bytes(b for b in range(0x20) if _BAD_TEXT.match(chr(b)))
+#: The full lane's read limits: at or beyond them it quarantines, so the raw lane declines.
+MAX_ITEMS = DEFAULT_LIMITS.max_items
+MAX_DEPTH = DEFAULT_LIMITS.max_depth
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _TAG_VR = struct.Struct("<HH2s")
@@ -221,8 +223,9 @@ def _frozen(value: Any) -> Any:
 def _convert(raw: RawDataElement, charset: list[str]) -> DataElement:
     """``convert_raw_data_element`` without its hook dispatch, when the hooks are pydicom's own.
 
-    For an explicit, non-UN VR pydicom's default hooks keep the VR and call ``convert_value``;
-    this does the same directly (a third of the cost). LUT descriptors (whose first value pydicom
+    The parser has already given the element the VR pydicom's default hooks would (explicit: the
+    one in the file; implicit: see :func:`_implicit_vr`), and those hooks then call
+    ``convert_value``; this does the same directly (a third of the cost). LUT descriptors (whose first value pydicom
     corrects), a non-default hook or callback, and a wrong-length value (pydicom's fallback to
     UN) go through pydicom's own function."""
     if raw.tag in _LUT_TAGS or not _default_hooks():
@@ -342,10 +345,10 @@ def _element(buf: bytes, pos: int, end: int, ds: RawDataset, depth: int) -> int:
         else:
             length, hdr = _U16.unpack_from(buf, pos + 6)[0], 8
     vpos = pos + hdr
-    if tag in _SAMPLE_TAGS or (group & 0xFF01 == 0x6000 and elem == 0x3000) or tag == PIXEL_DATA:
+    if is_sample_tag(tag):  # the top-level Pixel Data is never parsed here (parse_dataset stops)
         raise NotEligible("nested-samples")
     if vr == "SQ":
-        if depth >= 32:
+        if depth >= MAX_DEPTH:
             raise NotEligible("deep")
         items, stop = _sequence(buf, vpos, length, end, ds._charset, depth + 1, ds._anomalies, ds._implicit)
         ds._dict[tag] = SeqElement(tag, items, vpos)
@@ -405,9 +408,6 @@ def _has_bad_text(value: bytes) -> bool:
     """dicomio._check_text on raw bytes: a control byte before the trailing NUL/space padding."""
     body = value.rstrip(b"\x00 ")
     return len(body.translate(None, _BAD_BYTES)) != len(body)
-
-
-_BAD_BYTES = bytes(sorted(_BAD_TEXT_BYTES))
 
 
 def _sequence(buf: bytes, pos: int, length: int, end: int, charset: list[str], depth: int,

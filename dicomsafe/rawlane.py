@@ -86,13 +86,12 @@ def _process(deid: Deidentifier, path: str | os.PathLike[str], staged: Path, fil
             if len(buf) == size or str(exc) not in CUT_SHORT:
                 raise  # a real refusal, not the end of the first read
             complete = False
-        if not complete:
+        if not complete:  # the meta fitted in the first read (parse_meta above), the dataset not
             buf += fh.read(min(size, MAX_HEADER) - len(buf))
-            meta, ts, start = parse_meta(buf)
             ds, pix, _ = parse_dataset(buf, start, implicit=implicit)
             if pix is None and len(buf) != size:
                 raise NotEligible("long-header")
-        pixel_end = _pixel_end(fh, buf, pix, size, encapsulated, implicit) if pix is not None else None
+        pixels = _pixel_extent(fh, buf, pix, size, encapsulated, implicit) if pix is not None else None
         ds.file_meta = meta
         phi = phi_verify.harvest(ds)
         if study is not None:
@@ -101,7 +100,7 @@ def _process(deid: Deidentifier, path: str | os.PathLike[str], staged: Path, fil
         if ds.anomalies:
             raise NotEligible("value-conversion")
         head = _file_head(ds, ts)
-        sha = _write(staged, head, fh, buf, pix, pixel_end, 8 if implicit else 12)
+        sha = _write(staged, head, fh, buf, pix, pixels)
         now = os.fstat(fh.fileno())
         if (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
             raise NotEligible("changed")  # the full lane reports it (InputFileError "changed")
@@ -128,26 +127,30 @@ def _syntax(ts: str) -> tuple[bool, bool]:
     raise NotEligible("transfer-syntax")
 
 
-def _pixel_end(fh: BinaryIO, buf: bytes, pix: int, size: int, encapsulated: bool, implicit: bool = False) -> int:
-    """Where the Pixel Data element at ``pix`` ends; it must be the file's last element. Native
-    data has a defined even length; encapsulated data is a run of items ended by a Sequence
-    Delimitation Item, walked by their headers (8 bytes read per fragment)."""
+def _pixel_header(buf: Any, pix: int, implicit: bool) -> tuple[int, int]:
+    """(value offset, length field) of the Pixel Data element header at ``pix``: tag and 4-byte
+    length in implicit VR; tag, VR, 2 reserved bytes and 4-byte length in explicit VR."""
+    if implicit:
+        return pix + 8, int.from_bytes(buf[pix + 4:pix + 8], "little")
+    return pix + 12, int.from_bytes(buf[pix + 8:pix + 12], "little")
+
+
+def _pixel_extent(fh: BinaryIO, buf: bytes, pix: int, size: int, encapsulated: bool,
+                  implicit: bool) -> tuple[int, int]:
+    """(value offset, end) of the Pixel Data element at ``pix``; it must be the file's last
+    element. Native data has a defined even length; encapsulated data is a run of items ended by
+    a Sequence Delimitation Item, walked by their headers (8 bytes read per fragment)."""
     if pix + 12 > len(buf):
         raise NotEligible("short-header")
-    if implicit:  # tag and a 4-byte length; native only
-        length = int.from_bytes(buf[pix + 4:pix + 8], "little")
-        if length == 0xFFFFFFFF or length & 1 or pix + 8 + length != size:
-            raise NotEligible("pixel-layout")
-        return pix + 8 + length
-    vr = bytes(buf[pix + 4:pix + 6])
-    length = int.from_bytes(buf[pix + 8:pix + 12], "little")
+    value, length = _pixel_header(buf, pix, implicit)
+    vr = None if implicit else bytes(buf[pix + 4:pix + 6])
     if not encapsulated:
-        if vr not in (b"OB", b"OW") or length == 0xFFFFFFFF or length & 1 or pix + 12 + length != size:
+        if vr not in (None, b"OB", b"OW") or length == 0xFFFFFFFF or length & 1 or value + length != size:
             raise NotEligible("pixel-layout")  # odd, undefined, or not the last element
-        return pix + 12 + length
+        return value, value + length
     if vr != b"OB" or length != 0xFFFFFFFF:
         raise NotEligible("pixel-layout")
-    pos = pix + 12
+    pos = value
     while True:
         fh.seek(pos)
         head = fh.read(8)
@@ -157,26 +160,22 @@ def _pixel_end(fh: BinaryIO, buf: bytes, pix: int, size: int, encapsulated: bool
         if (group, elem) == (0xFFFE, 0xE0DD):
             if ilen != 0 or pos + 8 != size:
                 raise NotEligible("pixel-layout")
-            if pos - (pix + 12) > ENCAPSULATED_MAX:
+            if pos - value > ENCAPSULATED_MAX:
                 # verify_file reads pixel data up to 2 MB, defers (does not load) larger values
                 # and then searches their bytes like any other; the full lane keeps that rule
                 raise NotEligible("large-encapsulated")
-            return pos + 8
+            return value, pos + 8
         if (group, elem) != (0xFFFE, 0xE000) or ilen == 0xFFFFFFFF or pos + 8 + ilen > size:
             raise NotEligible("pixel-layout")
         pos += 8 + ilen
 
 
-def _pixel_value_range(mm: Any, pix: int, implicit: bool = False) -> tuple[int, int]:
+def _pixel_value_range(mm: Any, pix: int, implicit: bool) -> tuple[int, int]:
     """The Pixel Data value the byte layer treats as samples: the native value, or the items of
     encapsulated data without the final delimiter (what pydicom reads as the value, and so what
     verify.verify_file skips)."""
-    if implicit:
-        return pix + 8, pix + 8 + int.from_bytes(mm[pix + 4:pix + 8], "little")
-    length = int.from_bytes(mm[pix + 8:pix + 12], "little")
-    if length != 0xFFFFFFFF:
-        return pix + 12, pix + 12 + length
-    return pix + 12, len(mm) - 8
+    value, length = _pixel_header(mm, pix, implicit)
+    return value, (value + length if length != 0xFFFFFFFF else len(mm) - 8)
 
 
 def _file_head(ds: RawDataset, ts: str) -> bytes:
@@ -191,16 +190,17 @@ def _file_head(ds: RawDataset, ts: str) -> bytes:
     return b"\x00" * 128 + b"DICM" + meta + body
 
 
-def _write(staged: Path, head: bytes, src: BinaryIO, buf: bytes, pix: int | None, end: int | None,
-           pixel_header: int = 12) -> str:
-    """Write the head, then the Pixel Data element copied from the open source in 1 MiB reads,
-    to ``staged``; the SHA-256 of the bytes written."""
+def _write(staged: Path, head: bytes, src: BinaryIO, buf: bytes, pix: int | None,
+           pixels: tuple[int, int] | None) -> str:
+    """Write the head, then the Pixel Data element (header from ``buf``, value ``pixels`` =
+    (offset, end) copied from the open source in 1 MiB reads) to ``staged``; the SHA-256 of the
+    bytes written."""
     with staging_writer(staged) as raw:
         out = dicomio._HashingWriter(raw)  # noqa: SLF001
         out.write(head)
-        if pix is not None and end is not None:
-            out.write(bytes(buf[pix:pix + pixel_header]))
-            pos = pix + pixel_header
+        if pix is not None and pixels is not None:
+            pos, end = pixels
+            out.write(bytes(buf[pix:pos]))
             src.seek(pos)
             scratch = _scratch()
             while pos < end:
@@ -253,12 +253,10 @@ def verify_staged(path: Path, phi: Any, ignore_kinds: frozenset[str], year_tags:
         if pix is not None:
             spans.append((pix, phi_verify._tag_label(PIXEL_DATA)))  # noqa: SLF001
             skips.append(_pixel_value_range(mm, pix, implicit))
-        findings = phi_verify.find_in_dataset(ds, phi, ignore_kinds=ignore_kinds, year_tags=year_tags)
-        year_labels = phi_verify._year_start_labels(ds, year_tags, frozenset())  # noqa: SLF001
+        findings, year_labels = phi_verify.dataset_layer(ds, phi, ignore_kinds=ignore_kinds, year_tags=year_tags)
         if ds.anomalies or meta.anomalies:
             raise NotEligible("value-conversion")
-        findings.extend(f for f in phi_verify.find_in_bytes(mm, phi, ignore_kinds=ignore_kinds, pixel_range=skips,
-                                                            spans=spans, dataset_end=None)
-                        if not (f.kind == "date" and f.path in year_labels))
+        findings += phi_verify.bytes_layer(mm, phi, ignore_kinds=ignore_kinds, skips=skips, spans=spans,
+                                           dataset_end=None, year_labels=year_labels)
         del ds, meta  # their raw values are copies; nothing may hold the map open
     return phi_verify._dedupe(findings)  # noqa: SLF001

@@ -41,6 +41,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from . import text as _t
+from .dicomio import is_sample_tag
 from .rawds import RawDataset
 
 #: What a sequence item can be: pydicom's Dataset, or the raw lane's (dicomsafe.rawds).
@@ -144,12 +145,7 @@ _DATE_VRS = frozenset({"DA", "DT"})
 _SKIP_VRS = frozenset({"OW", "OF", "OD", "OL", "OV", "FL", "FD", "SL", "SS", "UL", "US", "SV", "UV", "AT", "TM", "DS", "IS", "AS"})
 _BYTES_VRS = frozenset({"OB", "UN"})
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
-#: Sampled data (pixels, overlay planes, waveforms, spectra): bytes of measurements, not text.
-_SAMPLE_TAGS = _PIXEL_TAGS | frozenset({0x54001010, 0x56000020, 0x56000010})
-
-
-def _is_sample_tag(tag: int) -> bool:
-    return tag in _SAMPLE_TAGS or ((tag >> 16) & 0xFF01 == 0x6000 and tag & 0xFFFF == 0x3000)
+_is_sample_tag = is_sample_tag  # one definition, shared with the raw lane's parser
 _LONG_HDR_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UT", b"UN", b"UC", b"UR", b"SV", b"UV"})
 _LONG_HDR_VR_NAMES = frozenset(v.decode() for v in _LONG_HDR_VRS)
 _VALID_VRS = frozenset(
@@ -1390,9 +1386,9 @@ def verify_file(path: str | os.PathLike, phi: PhiValues | None, *, ignore_kinds:
                 raise ValueError("empty dataset")
             spans, dataset_end, auto_pixel, trailing = _raw_offsets(ds)
             nested_pixels = _nested_pixel_values(ds)
-            findings.extend(find_in_dataset(ds, phi, ignore_kinds=ignore_kinds, _trailing=trailing,
-                                            year_tags=year_tags))
-            year_labels = _year_start_labels(ds, year_tags, trailing)
+            found, year_labels = dataset_layer(ds, phi, ignore_kinds=ignore_kinds, year_tags=year_tags,
+                                               trailing=trailing)
+            findings.extend(found)
         except Exception as exc:  # any parse failure: unprovable, so a finding (type only, no text)
             log.debug("verify: parse failed (%s)", type(exc).__name__)
             if "unreadable" not in set(ignore_kinds):
@@ -1404,12 +1400,27 @@ def verify_file(path: str | os.PathLike, phi: PhiValues | None, *, ignore_kinds:
                 skips = pixel_range
             else:
                 skips = list(auto_pixel) + _locate(mm, spans or [], nested_pixels)
-            findings.extend(
-                f for f in find_in_bytes(mm, phi, ignore_kinds=ignore_kinds, pixel_range=skips,
-                                         spans=spans, dataset_end=dataset_end)
-                if not (f.kind == "date" and f.path in year_labels)
-            )
+            findings.extend(bytes_layer(mm, phi, ignore_kinds=ignore_kinds, skips=skips, spans=spans,
+                                        dataset_end=dataset_end, year_labels=year_labels))
     return _dedupe(findings)
+
+
+def dataset_layer(ds, phi: PhiValues | None, *, ignore_kinds: Iterable[str], year_tags: frozenset[int],
+                  trailing: frozenset[int] = frozenset()) -> tuple[list[Finding], frozenset[str]]:
+    """The dataset layer of :func:`verify_file` on a parsed output (a pydicom Dataset, or the raw
+    lane's): its findings, and the byte-layer labels of the top-level year-truncated dates that
+    hold YYYY0101 (for :func:`bytes_layer`)."""
+    found = find_in_dataset(ds, phi, ignore_kinds=ignore_kinds, _trailing=trailing, year_tags=year_tags)
+    return found, _year_start_labels(ds, year_tags, trailing)
+
+
+def bytes_layer(buf, phi: PhiValues | None, *, ignore_kinds: Iterable[str], skips, spans,
+                dataset_end: int | None, year_labels: frozenset[str]) -> list[Finding]:
+    """The byte layer of :func:`verify_file`: :func:`find_in_bytes`, less the ``date`` hits inside
+    a top-level year-truncated element holding YYYY0101 (``year_labels``)."""
+    return [f for f in find_in_bytes(buf, phi, ignore_kinds=ignore_kinds, pixel_range=skips, spans=spans,
+                                     dataset_end=dataset_end)
+            if not (f.kind == "date" and f.path in year_labels)]
 
 
 def _year_start_labels(ds: Dataset, year_tags: frozenset[int], trailing: frozenset[int]) -> frozenset[str]:

@@ -7,9 +7,10 @@ peak RSS through ``os.wait4`` (the largest process of the child's tree), so Pyth
 tools are measured the same way. Each measurement runs ``--runs`` times, interleaved round by
 round so a burst of load elsewhere on the machine hits every tool alike, and the median is kept.
 
-Before every run the input is read once (page cache warm for everybody), the previous output is
-deleted and the disk is synced (so nobody pays for the previous tool's write-back), and the output
-goes to the same directory tree as the input (same disk).
+Before every run the input is read once (page cache warm for everybody) and the disk is synced
+(so nobody pays for the previous tool's write-back); the output goes to the same directory tree as
+the input (same disk). Many-file outputs are deleted together between rounds, followed by a rest
+(see rest_after_deletes).
 
 Private sub-commands (``_floor``, ``_floor_reread``, ``_deid``, ``_chart``) are the small programs that are measured or
 that draw the chart; they import their libraries lazily so the peers' venv can run this file too.

@@ -5,11 +5,12 @@ reference), plus: ``jobs`` worker processes or a Dask cluster (:mod:`dicomsafe.e
 the destination lock, the ledger, ``resume`` and an audit line.
 
 Division of work (why): a worker de-identifies one study into ``DST/.dicomsafe/staging`` and
-hashes each staged output; the parent is the single writer — it commits staged files by rename
-(pipeline.Writer), *then* records the unit in the ledger, keeps the report and the progress bar.
-So after a kill -9 at any moment, every unit the ledger calls done has its outputs on disk, and
-anything else is redone by ``--resume``; staging leftovers are wiped at start and never become
-final files.
+hashes each staged output; the parent is the single writer — its committer thread
+(:class:`Committer`) fsyncs the unit's staged files, commits them by rename (pipeline.Writer),
+*then* records the unit in the ledger, keeps the report and the progress bar, while the workers
+(or, with ``--jobs 1``, the parent's main thread) go on computing. So after a kill -9 at any
+moment, every unit the ledger calls done has its outputs on disk, and anything else is redone by
+``--resume``; staging leftovers are wiped at start and never become final files.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import contextlib
 import hashlib
 import logging
 import os
+import queue
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +51,10 @@ class DeidCtx:
     secret: bytes
     staging: str
     verify: bool = True
+    #: fsync a unit's staged outputs in the worker before returning. Off for local runs: the
+    #: coordinator's committer thread does it (same machine, same page cache) while the worker
+    #: goes on. On for Dask, whose workers may write on another machine's cache.
+    sync: bool = True
 
 
 _CACHE: dict[tuple[str, bytes, bool], Any] = {}
@@ -73,13 +80,72 @@ def deid_unit(job: DeidJob, ctx: DeidCtx) -> list[tuple[Any, str | None, int]]:
     staging = Path(ctx.staging) / f"w{os.getpid()}"
     staging.mkdir(parents=True, exist_ok=True)
     out = []
-    results = deid.process_files([(path, fid) for path, fid, _size, _mtime in job.files], staging)
+    results = deid.process_files([(path, fid) for path, fid, _size, _mtime in job.files], staging,
+                                 sync=ctx.sync)
     for res in results:
         digest, size = None, 0
         if res.outcome == "written" and res.staged:
             digest, size = res.sha256 or sha256_file(res.staged), os.stat(res.staged).st_size
         out.append((res, digest, size))
     return out
+
+
+class Committer:
+    """Makes finished work units durable and commits them, on a thread of its own, in order.
+
+    Why: a unit's staged files must be on disk (fsync) before they are renamed into the output
+    tree and the ledger records them. Waiting for the disk on the thread that computes (a
+    worker, or the only process with --jobs 1) left the CPU idle (~2 s of a 9.5 s run of 2,000
+    CT files with --jobs 1). Here the computing side hands a finished unit over and goes on
+    with the next one; this thread fsyncs the unit's staged outputs (``sync``), then calls
+    ``commit(job, results)`` — the renames, the report and the ledger row, in that order as
+    before. While it runs it is the only thread that touches the writer, ledger, report and
+    progress bar. At most ``depth`` units wait for it; their files wait in staging.
+
+    A failure (OutputError from the fsync or the commit) stops committing: units after it stay
+    uncommitted (staging is wiped at the end, ``--resume`` redoes them, as after a kill), and
+    the error is raised in the coordinator by the next :meth:`put` or by :meth:`close`.
+    """
+
+    def __init__(self, commit: Any, *, sync: bool, depth: int = 4):
+        self._commit = commit
+        self._sync = sync
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="dicomsafe-committer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from .deidentify import sync_staged
+        from .executors import UnitFailure
+
+        while (item := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # drained, not committed
+            job, results = item
+            try:
+                if self._sync and not isinstance(results, UnitFailure):
+                    sync_staged(res for res, _digest, _size in results)
+                self._commit(job, results)
+            except BaseException as exc:  # noqa: BLE001 - handed to the coordinator's thread
+                self._error = exc
+
+    def put(self, job: Any, results: Any) -> None:
+        """Queue one unit (blocks while ``depth`` units wait); raises an earlier failure."""
+        self._raise()
+        self._queue.put((job, results))
+
+    def close(self, *, raise_error: bool = True) -> None:
+        """Commit everything queued, stop the thread; raise a failure unless told not to."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if raise_error:
+            self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
 
 
 #: Largest number of files in one work unit. A study is the unit of meaning, but pseudonyms and
@@ -204,6 +270,7 @@ def run_deidentify(
         staging.mkdir(parents=True, exist_ok=True)
         writer = Writer(settings, report)
         bar = None
+        committer: Committer | None = None
         stack = contextlib.ExitStack()
         try:
             def file_id(sf: Any) -> str:
@@ -251,7 +318,10 @@ def run_deidentify(
             # Largest units first (stable, so studies keep their order among equals): the small
             # remainders of studies are dispatched last and even out the workers' finish times.
             todo.sort(key=lambda job: -len(job.files))
-            ctx = DeidCtx(settings.profile, settings.secret, str(staging), settings.verify)
+            # Local workers leave the fsync to the committer thread (same machine); Dask
+            # workers, possibly elsewhere, make their own files durable.
+            ctx = DeidCtx(settings.profile, settings.secret, str(staging), settings.verify,
+                          sync=executor == "dask")
             # Parts of one study are committed in order, whatever order workers finish in: which
             # of two inputs with the same SOP Instance UID is written (and which is reported as
             # the duplicate) must not depend on timing, and after a kill the recorded parts of a
@@ -263,7 +333,7 @@ def run_deidentify(
             def on_result(job: DeidJob, results: Any) -> None:
                 waiting[(job.study, job.seq)] = (job, results)
                 while (job.study, next_seq.get(job.study, 0)) in waiting:
-                    commit_unit(*waiting.pop((job.study, next_seq.get(job.study, 0))))
+                    committer.put(*waiting.pop((job.study, next_seq.get(job.study, 0))))
                     next_seq[job.study] = next_seq.get(job.study, 0) + 1
 
             def commit_unit(job: DeidJob, results: Any) -> None:
@@ -289,8 +359,10 @@ def run_deidentify(
                 bar.set_postfix_str(f"{nbytes[0] / 1e6:.0f} MB", refresh=False)
                 bar.update(len(job.files))
 
+            committer = Committer(commit_unit, sync=not ctx.sync)
             run_units(deid_unit, todo, ctx, on_result, jobs=njobs, executor=executor, scheduler=scheduler,
                       pool=pool)
+            committer.close()
             status = "ok" if report.counts["quarantined"] == 0 else "findings"
         except (Interrupted, KeyboardInterrupt):
             status = "interrupted"
@@ -300,6 +372,8 @@ def run_deidentify(
             raise
         finally:
             stack.close()  # the worker pool
+            if committer is not None:
+                committer.close(raise_error=False)  # what finished is committed, as after a stop
             if bar is not None:
                 bar.close()
             report.seconds = time.perf_counter() - t0

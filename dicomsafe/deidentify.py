@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -43,6 +43,14 @@ class FileResult:
     sha256: str | None = None  # of the staged output, computed while writing it
     details: list[str] = field(default_factory=list)  # PHI-free finding paths/kinds
     pixel: Any = None  # PixelOutcome with before/after thumbnails, for the operator's review page
+
+
+def sync_staged(results: Iterable[FileResult]) -> None:
+    """fsync the staged outputs among ``results``: on disk when this returns (OutputError if not)."""
+    try:
+        sync_files(r.staged for r in results if r.outcome == "written" and r.staged)
+    except OSError as exc:
+        raise OutputError(f"cannot flush staged outputs to disk ({exc.strerror})") from None
 
 
 class Deidentifier:
@@ -122,17 +130,18 @@ class Deidentifier:
                 continue
         return phi_verify.PhiValues.union(harvests) if harvests else None
 
-    def process_files(self, items: list[tuple[str | os.PathLike[str], str]], staging_dir: Path) -> list[FileResult]:
+    def process_files(self, items: list[tuple[str | os.PathLike[str], str]], staging_dir: Path,
+                      *, sync: bool = True) -> list[FileResult]:
         """De-identify the files of one work unit (a study, or part of one): ``(path, file_id)``.
 
         Staged outputs are written without a per-file fsync; the unit's files are fsynced
-        together at the end (fsutil.sync_files), before any of them can be committed."""
+        together at the end (:func:`sync_staged`), before any of them can be committed.
+        ``sync=False`` leaves that to the caller (the batch layer's committer thread does it
+        while this process goes on with the next unit)."""
         study = self.study_identity([p for p, _ in items])
         results = [self.process_file(p, staging_dir, fid, study=study) for p, fid in items]
-        try:
-            sync_files(r.staged for r in results if r.outcome == "written" and r.staged)
-        except OSError as exc:
-            raise OutputError(f"cannot flush staged outputs to disk ({exc.strerror})") from None
+        if sync:
+            sync_staged(results)
         return results
 
     def process_file(self, path: str | os.PathLike[str], staging_dir: Path, file_id: str,

@@ -95,13 +95,14 @@ class UnitState:
 
 
 class Ledger:
-    """A connection to one destination's ledger. Use from a single thread (the writer)."""
+    """A connection to one destination's ledger. Use from one thread at a time (the writer:
+    the coordinator, or while units run its committer thread, batchrun.Committer)."""
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)

@@ -51,12 +51,19 @@ def load_secret(path: str | Path) -> bytes:
     return parse_secret(read_secret_file(path))
 
 
+#: Most UIDs :meth:`Pseudonymizer.uid` keeps memoised (see the class docstring).
+UID_CACHE_MAX = 4096
+
+
 @dataclass
 class Pseudonymizer:
     """All keyed derivations for one project secret.
 
     UID results are memoised per instance: one study repeats the same few UIDs (study, series,
-    frame of reference) in every file, and HMAC on them is the hot path of a run.
+    frame of reference) in every file, and HMAC on them is the hot path of a run. The memo is
+    emptied when it reaches :data:`UID_CACHE_MAX` entries: every file also brings UIDs of its own
+    (SOP Instance UID) that never come back, and a memo kept to 100,000 entries grew a long run's
+    memory by ~37 MB; the few repeating UIDs are back in it after one file.
     """
 
     secret: bytes
@@ -78,8 +85,9 @@ class Pseudonymizer:
         got = self._uid_cache.get(uid)
         if got is None:
             got = "2.25." + str(int.from_bytes(self._mac("uid", uid)[:16], "big"))
-            if len(self._uid_cache) < 100_000:
-                self._uid_cache[uid] = got
+            if len(self._uid_cache) >= UID_CACHE_MAX:
+                self._uid_cache.clear()
+            self._uid_cache[uid] = got
         return got
 
     def id_token(self, value: str, issuer: str = "") -> str:

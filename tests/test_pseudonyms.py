@@ -84,3 +84,15 @@ def test_date_shift_preserves_intervals():
     assert shift_da(b, -10) == "20200220"
     assert shift_dt("20200301120000.5+0100", -1) == "20200229120000.5+0100"
     assert shift_da("2020", -1) == ""  # not a full date: removed, never guessed
+
+
+def test_uid_memo_stays_bounded_and_never_changes_a_result():
+    from dicomsafe.pseudonyms import UID_CACHE_MAX
+
+    p = Pseudonymizer(SECRET)
+    study = "1.2.840.99.1"
+    got = [(p.uid(study), p.uid(f"1.2.840.99.2.{i}")) for i in range(UID_CACHE_MAX + 50)]
+    assert len(p._uid_cache) <= UID_CACHE_MAX  # one new UID per file: the memo is emptied, not grown
+    fresh = Pseudonymizer(SECRET)
+    assert {s for s, _ in got} == {fresh.uid(study)}
+    assert [u for _, u in got[-60:]] == [fresh.uid(f"1.2.840.99.2.{i}") for i in range(UID_CACHE_MAX - 10, UID_CACHE_MAX + 50)]

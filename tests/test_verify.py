@@ -430,6 +430,22 @@ def test_phi_values_pickle_without_cache(mr):
     assert find_in_dataset(identify(Dataset()), back)
 
 
+def test_per_file_uids_do_not_fill_the_value_cache(mr):
+    """Each file's instance UIDs are new: matching many files must not grow a cache per file
+    (it made a run's memory grow with its file count)."""
+    from dicomsafe import verify
+
+    _, phi = mr
+    before = verify._searchable_values.cache_info().misses
+    for i in range(40):
+        other = PhiValues(names=phi.names, patient_names=phi.patient_names,
+                          uids=frozenset({f"1.2.840.99.{i}.{j}" for j in range(3)}))
+        rxs, lookup = other.str_matcher({"patient-name", "uid"})
+        assert lookup.get(f"1.2.840.99.{i}.0") == "uid"  # the file's UIDs are still searched
+        other.bytes_matcher({"patient-name", "uid"})
+    assert verify._searchable_values.cache_info().misses - before <= 4  # not one per file
+
+
 # ---------------------------------------------------------------- property: planted values are caught
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402

@@ -15,6 +15,7 @@ moment, every unit the ledger calls done has its outputs on disk, and anything e
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import logging
@@ -213,6 +214,12 @@ def plan_parallel(src: Path, *, jobs: int, executor: str, scheduler: Any, pool: 
     return units, others
 
 
+def _drain(items: collections.deque) -> Any:
+    """Yield and forget the items of ``items`` from the front (nothing kept once handed out)."""
+    while items:
+        yield items.popleft()
+
+
 def _settings_check(settings: Any) -> str:
     """Identifies profile + secret without revealing the secret: resume must not mix them."""
     from .pseudonyms import Pseudonymizer
@@ -318,6 +325,12 @@ def run_deidentify(
             # Largest units first (stable, so studies keep their order among equals): the small
             # remainders of studies are dispatched last and even out the workers' finish times.
             todo.sort(key=lambda job: -len(job.files))
+            # The file list is no longer needed: what a unit needs travels in its DeidJob, and
+            # each DeidJob is let go once handed out (a run keeps ~1 KB less per input file).
+            del units, others
+            unit = part = files = None  # the loops' last items (a whole study's file list)
+            pending = collections.deque(todo)
+            del todo
             # Local workers leave the fsync to the committer thread (same machine); Dask
             # workers, possibly elsewhere, make their own files durable.
             ctx = DeidCtx(settings.profile, settings.secret, str(staging), settings.verify,
@@ -360,8 +373,8 @@ def run_deidentify(
                 bar.update(len(job.files))
 
             committer = Committer(commit_unit, sync=not ctx.sync)
-            run_units(deid_unit, todo, ctx, on_result, jobs=njobs, executor=executor, scheduler=scheduler,
-                      pool=pool)
+            run_units(deid_unit, _drain(pending), ctx, on_result, jobs=njobs, executor=executor,
+                      scheduler=scheduler, pool=pool)
             committer.close()
             status = "ok" if report.counts["quarantined"] == 0 else "findings"
         except (Interrupted, KeyboardInterrupt):

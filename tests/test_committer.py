@@ -78,3 +78,41 @@ def test_failed_units_are_committed_without_syncing(tmp_path):
     c.put("failed", UnitFailure("ValueError"))
     c.close()
     assert seen == [UnitFailure("ValueError")]
+
+
+def test_the_source_file_list_is_let_go_once_units_are_handed_out(tmp_path, monkeypatch):
+    """A run must not keep every input's SourceFile to its end (memory grew with file count):
+    while the units run, none of the planned SourceFile objects is alive any more."""
+    import gc
+    import weakref
+
+    import dicomsafe.batchrun as br
+    import dicomsafe.pipeline as pl
+    from batch_corpus import SECRET
+    from dicomsafe.corpus import build_ct_series
+    from dicomsafe.pipeline import RunSettings
+    from dicomsafe.profiles import load_profile
+
+    build_ct_series(tmp_path / "src", 6, rows=16, cols=16, patients=2)
+    refs: list = []
+    plan = pl.plan_units
+
+    def recording_plan(src):
+        units, others = plan(src)
+        refs.extend(weakref.ref(sf) for u in units for sf in u.files)
+        return units, others
+
+    alive: list[int] = []
+    unit_fn = br.deid_unit
+
+    def checking_unit(job, ctx):
+        gc.collect()
+        alive.append(sum(r() is not None for r in refs))
+        return unit_fn(job, ctx)
+
+    monkeypatch.setattr(pl, "plan_units", recording_plan)
+    monkeypatch.setattr(br, "deid_unit", checking_unit)
+    rep = br.run_deidentify(RunSettings(src=tmp_path / "src", dst=tmp_path / "dst", profile=load_profile("basic"),
+                                        secret=SECRET, quarantine=tmp_path / "q", quiet=True), jobs=1)
+    assert rep.counts["written"] == 6
+    assert len(refs) == 6 and alive and set(alive) == {0}

@@ -136,14 +136,24 @@ class Ledger:
             raise OutputError(f"ledger is busy or unwritable ({exc})") from None
         try:
             yield self._db
+        except sqlite3.Error as exc:
+            # e.g. "database or disk is full" while a large transaction spills its pages: SQLite
+            # has then often rolled back already, and a second ROLLBACK would fail in turn.
+            self._rollback()
+            raise OutputError(f"cannot write to the ledger ({exc})") from None
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise
         else:
             try:
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise OutputError(f"cannot commit to the ledger ({exc})") from None
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
 
     # -- meta ---------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:

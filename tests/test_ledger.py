@@ -155,3 +155,35 @@ def test_kill_9_during_writes_keeps_ledger_consistent(tmp_path):
     for u in units:  # every recorded unit has all of its files: no half transaction
         assert db.execute("SELECT count(*) FROM files WHERE unit=?", (u,)).fetchone()[0] == 20
     assert db.execute("SELECT count(*) FROM files").fetchone()[0] == 20 * len(units)
+
+
+LEDGER_FULL = """
+import resource, signal, sys
+from dicomsafe.ledger import FileRecord, Ledger
+from dicomsafe.errors import OutputError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+led = Ledger(sys.argv[1])
+led.record_unit("small", [FileRecord("a" * 20, 1, 1, None, "written", None)])
+resource.setrlimit(resource.RLIMIT_FSIZE, (2_000_000, 2_000_000))
+big = [FileRecord(f"{i:020d}" * 2, 1, 1, None, "written", None) for i in range(100_000)]
+try:
+    led.record_unit("big", big)
+except OutputError as exc:
+    print("OutputError", exc)
+print(sorted(led._db.execute("SELECT unit FROM units").fetchall()))
+"""
+
+
+def test_a_full_disk_inside_a_ledger_transaction_is_an_output_error(tmp_path):
+    """A transaction that cannot spill its pages (disk full, file too large) used to escape as a
+    raw sqlite3 error and a traceback; it is an OutputError (exit 4) and nothing of it stays."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", LEDGER_FULL, str(tmp_path / "ledger.sqlite")],
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": ROOT})
+    assert r.returncode == 0, r.stderr
+    first, units = r.stdout.splitlines()
+    assert first.startswith("OutputError cannot write to the ledger (")
+    assert units == "[('small',)]"

@@ -40,16 +40,16 @@ if __name__ == "__main__":
     s = RunSettings(src=Path({src!r}), dst=Path({dst!r}), profile=load_profile("basic"),
                     secret=bytes(range(32)), quarantine=Path({q!r}), quiet=True)
     try:
-        rep = run_deidentify(s, jobs=2, resume={resume!r})
+        rep = run_deidentify(s, jobs={jobs!r}, resume={resume!r})
     except Interrupted:
         sys.exit(130)
     sys.exit(0)
 """
 
 
-def _start(tmp_path, src, dst, q, resume=False):
+def _start(tmp_path, src, dst, q, resume=False, jobs=2):
     script = tmp_path / f"runner_{int(time.time() * 1e6)}.py"
-    script.write_text(RUNNER.format(src=str(src), dst=str(dst), q=str(q), resume=resume))
+    script.write_text(RUNNER.format(src=str(src), dst=str(dst), q=str(q), resume=resume, jobs=jobs))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -90,10 +90,11 @@ def corpus(tmp_path_factory):
     return base, tree, ref, json.loads((ref / ".dicomsafe" / "report.json").read_text())
 
 
-def test_kill_9_then_resume_is_byte_identical(corpus, tmp_path):
+@pytest.mark.parametrize("jobs", [1, 2])  # 1: the committer thread beside the only worker
+def test_kill_9_then_resume_is_byte_identical(corpus, tmp_path, jobs):
     base, tree, ref, ref_report = corpus
     dst = tmp_path / "dst"
-    p = _start(tmp_path, base / "src", dst, tmp_path / "q")
+    p = _start(tmp_path, base / "src", dst, tmp_path / "q", jobs=jobs)
     _wait_units(p, dst, 4)
     os.killpg(p.pid, signal.SIGKILL)  # the whole job: coordinator and workers, like the OOM killer
     p.wait(timeout=60)
@@ -131,10 +132,11 @@ def test_resume_redoes_a_unit_whose_output_was_damaged(corpus, tmp_path):
     assert tree_bytes(dst) == tree_bytes(ref)
 
 
-def test_sigterm_stops_with_130_and_resume_completes(corpus, tmp_path):
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_sigterm_stops_with_130_and_resume_completes(corpus, tmp_path, jobs):
     base, tree, ref, ref_report = corpus
     dst = tmp_path / "dst"
-    p = _start(tmp_path, base / "src", dst, tmp_path / "q")
+    p = _start(tmp_path, base / "src", dst, tmp_path / "q", jobs=jobs)
     _wait_units(p, dst, 3)
     os.killpg(p.pid, signal.SIGTERM)  # like systemctl stop: every process of the job gets it
     out, err = p.communicate(timeout=120)
@@ -235,7 +237,7 @@ def test_disk_full_stops_the_run_and_resume_completes(tmp_path):
     run_deidentify(_settings(tmp_path / "src", ref, tmp_path / "q0"), jobs=1)
     dst = tmp_path / "dst"
     script = tmp_path / "runner_full.py"
-    script.write_text(RUNNER.format(src=str(tmp_path / "src"), dst=str(dst), q=str(tmp_path / "q"), resume=False)
+    script.write_text(RUNNER.format(src=str(tmp_path / "src"), dst=str(dst), q=str(tmp_path / "q"), resume=False, jobs=2)
                       .replace("    except Interrupted:", "    except Exception as e:\n        print(type(e).__name__)"
                                "\n        sys.exit(4)\n    except Interrupted:"))
     env = dict(os.environ, PYTHONPATH=str(ROOT))

@@ -108,6 +108,8 @@ def is_sample_tag(tag: int) -> bool:
     values the verifier scans for SSNs only and that the raw lane leaves to the full lane when
     they are not the top-level Pixel Data."""
     return tag in _SAMPLE_TAGS or ((tag >> 16) & 0xFF01 == 0x6000 and tag & 0xFFFF == 0x3000)
+
+
 _ITEM = 0xFFFEE000
 _ITEM_DELIM = 0xFFFEE00D
 _SEQ_DELIM = 0xFFFEE0DD

@@ -41,7 +41,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from . import text as _t
-from .dicomio import is_sample_tag
+from .dicomio import _PIXEL_TAGS, is_sample_tag
 from .rawds import RawDataset
 
 #: What a sequence item can be: pydicom's Dataset, or the raw lane's (dicomsafe.rawds).
@@ -144,8 +144,6 @@ _LONG_TEXT_VRS = frozenset({"LT", "ST", "UT", "UC"})
 _DATE_VRS = frozenset({"DA", "DT"})
 _SKIP_VRS = frozenset({"OW", "OF", "OD", "OL", "OV", "FL", "FD", "SL", "SS", "UL", "US", "SV", "UV", "AT", "TM", "DS", "IS", "AS"})
 _BYTES_VRS = frozenset({"OB", "UN"})
-_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
-_is_sample_tag = is_sample_tag  # one definition, shared with the raw lane's parser
 _LONG_HDR_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UT", b"UN", b"UC", b"UR", b"SV", b"UV"})
 _LONG_HDR_VR_NAMES = frozenset(v.decode() for v in _LONG_HDR_VRS)
 _VALID_VRS = frozenset(
@@ -1012,7 +1010,7 @@ def find_in_dataset(ds: Dataset, phi: PhiValues | None, *, ignore_kinds: Iterabl
         if depth > 32:
             return
         for tag in list(d.keys()):
-            if _is_sample_tag(tag):
+            if is_sample_tag(tag):
                 continue
             raw = d.get_item(tag, keep_deferred=True)
             if getattr(raw, "value", b"") is None and getattr(raw, "VR", None) in _BIG_BINARY_VRS:
@@ -1310,7 +1308,7 @@ def _raw_offsets(ds: Dataset) -> tuple[list[tuple[int, str]], int | None, list[t
             break
         prev = tag
         spans.append((start, _tag_label(tag)))
-        if _is_sample_tag(tag):
+        if is_sample_tag(tag):
             length = getattr(raw, "length", 0)
             if length == 0xFFFFFFFF:
                 value = getattr(raw, "value", None)
@@ -1329,7 +1327,7 @@ def _nested_pixel_values(ds: Dataset) -> list[tuple[str, bytes, int]]:
             return
         for tag in list(d.keys()):
             raw = d.get_item(tag, keep_deferred=True)
-            if _is_sample_tag(tag) and depth > 0:
+            if is_sample_tag(tag) and depth > 0:
                 value = getattr(raw, "value", None)
                 if isinstance(value, (bytes, bytearray)) and len(value) >= 64:
                     found.append((top, bytes(value[:64]), len(value)))

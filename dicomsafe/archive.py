@@ -599,7 +599,7 @@ def _archive_tree(
                         continue
                     version = 1 if st is None else (st.version if not st.cataloged else st.version + 1)
                     jobs_list.append(ArchiveJob(key, uid, version, tuple(
-                        (os.fspath(f.path), f.relpath, k, s, m) for f, (k, s, m) in zip(files, stats))))
+                        (f.fspath, f.relpath, k, s, m) for f, (k, s, m) in zip(files, stats))))
             ctx = ArchiveCtx(str(dst_p), tuple(recipients), fmt, secret)
             bar = _progress(sum(len(j.files) for j in jobs_list), quiet)
 

@@ -243,7 +243,7 @@ def run_deidentify(
     """De-identify ``settings.src`` into ``settings.dst``; returns the pipeline Report."""
     from .deidentify import FileResult
     from .executors import UnitFailure, run_units
-    from .pipeline import STATE_DIR, Report, Writer, _progress, check_paths, plan_units
+    from .pipeline import STATE_DIR, FileEntries, Report, Writer, _progress, check_paths, plan_units
     from .archive import fs_text
     from .pseudonyms import Pseudonymizer
 
@@ -253,7 +253,8 @@ def run_deidentify(
     run_id = audit_mod.new_run_id()
     started = audit_mod.utc_now()
     report = Report(profile=settings.profile.name, profile_hash=settings.profile.hash,
-                    options=list(settings.profile.options), started=time.time())
+                    options=list(settings.profile.options), started=time.time(),
+                    entries=FileEntries(state_dir(settings.dst)))
     t0 = time.perf_counter()
     status = "failed"
     audit_path = Path(audit_log) if audit_log else state_dir(settings.dst) / "audit.jsonl"
@@ -305,18 +306,18 @@ def run_deidentify(
             bar = _progress(total, quiet)
             for sf, kind_ in others:
                 writer.commit(FileResult(file_id=file_id(sf), outcome="skipped", reason=kind_,
-                                         src_path=os.fspath(sf.path), size=sf.size))
+                                         src_path=sf.fspath, size=sf.size))
                 bar.update(1)
             todo: list[DeidJob] = []
             parts_left: dict[str, int] = {}
             for unit, key, part in _work_units(units, pseudo):
-                files = tuple((os.fspath(f.path), file_id(f), f.size, f.mtime_ns) for f in part)
+                files = tuple((f.fspath, file_id(f), f.size, f.mtime_ns) for f in part)
                 if resume and led.unit_done(key, [(fid, s, m) for _, fid, s, m in files], dst=settings.dst):
                     st = led.unit(key)
                     assert st is not None
                     for fid, rec in sorted(st.files.items()):
                         report.add(FileResult(file_id=fid, outcome=rec.outcome, reason=rec.reason, size=rec.size))
-                    writer.committed.update(o.path for o in st.outputs)
+                    writer.mark_committed(o.path for o in st.outputs)
                     bar.update(len(files))
                     continue
                 study = key.split("-")[0]
@@ -390,7 +391,6 @@ def run_deidentify(
             if bar is not None:
                 bar.close()
             report.seconds = time.perf_counter() - t0
-            report.files.sort(key=lambda f: f["id"])
             with contextlib.suppress(DicomsafeError, OSError):
                 writer.finish()
             shutil.rmtree(staging, ignore_errors=True)

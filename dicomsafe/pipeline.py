@@ -9,29 +9,27 @@ layer (executors, ledger, resume) plugs in at :func:`process_unit` and :class:`W
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from . import __version__
 from .deidentify import Deidentifier, FileResult
 from .discover import SourceFile, discover, group_studies
 from .errors import ConfigError, OutputError
 from .fsutil import atomic_writer, write_bytes_atomic
 from .profiles import Profile
+from .report import EXECUTABLE_PREAMBLES, FileEntries, Report, write_report  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
 STATE_DIR = ".dicomsafe"
-#: Preamble signatures that make a file a polyglot executable or archive (CVE-2019-11687); TIFF
-#: and PDF headers are legitimate dual-format files, zeroed all the same but not alarming.
-EXECUTABLE_PREAMBLES = frozenset({"pe", "elf", "macho", "zip", "script", "archive"})
 DEFAULT_QUARANTINE = "dicomsafe-quarantine"
 
 
@@ -54,52 +52,8 @@ class RunSettings:
         return self.report if self.report is not None else self.dst / STATE_DIR / "report.json"
 
 
-@dataclass
-class Report:
-    """PHI-free run report (DESIGN.md §8)."""
-
-    tool: str = f"dicomsafe {__version__}"
-    command: str = "deidentify"
-    profile: str = ""
-    profile_hash: str = ""
-    options: list[str] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=lambda: {"inputs": 0, "written": 0, "quarantined": 0, "skipped": 0})
-    preamble_threats: int = 0  # preambles with any foreign file signature (zeroed on output)
-    preamble_executables: int = 0  # of those, executables/archives/scripts: CVE-2019-11687 polyglots
-    reasons: dict[str, int] = field(default_factory=dict)
-    files: list[dict] = field(default_factory=list)
-    started: float = 0.0
-    seconds: float = 0.0
-    bytes_in: int = 0
-
-    def add(self, res: FileResult) -> None:
-        self.counts["inputs"] += 1
-        self.counts[res.outcome] += 1
-        self.bytes_in += res.size
-        if res.preamble_threat:
-            self.preamble_threats += 1
-            if res.preamble_threat in EXECUTABLE_PREAMBLES:
-                self.preamble_executables += 1
-        entry = {"id": res.file_id, "outcome": res.outcome, "reason": res.reason}
-        if res.preamble_threat:
-            entry["preamble"] = f"{res.preamble_threat} signature cleaned (CVE-2019-11687)"
-        if res.outcome == "quarantined" and res.details:
-            entry["details"] = res.details[:10]
-        self.files.append(entry)
-        if res.reason:
-            self.reasons[res.reason] = self.reasons.get(res.reason, 0) + 1
-
-    def summary(self) -> str:
-        c = self.counts
-        rate = c["inputs"] / self.seconds if self.seconds > 0 else 0.0
-        text = (f"{c['inputs']} inputs: {c['written']} written, {c['quarantined']} quarantined, "
-                f"{c['skipped']} skipped (not DICOM) in {self.seconds:.1f} s ({rate:.1f} files/s)")
-        if self.preamble_threats:
-            text += (f"; {self.preamble_threats} preamble(s) with a file signature zeroed, "
-                     f"{self.preamble_executables} of them executable/archive (CVE-2019-11687)")
-        if self.reasons:
-            text += "; reasons: " + ", ".join(f"{k} {v}" for k, v in sorted(self.reasons.items()))
-        return text
+def _path_key(relpath: str) -> int:
+    return int.from_bytes(hashlib.blake2b(relpath.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "little")
 
 
 def check_layout(src: Path, dst: Path) -> None:
@@ -131,7 +85,7 @@ class Writer:
     def __init__(self, settings: RunSettings, report: Report):
         self.s = settings
         self.report = report
-        self.committed: set[str] = set()
+        self._committed: set[int] = set()
         self.quarantine = settings.resolved_quarantine()
         self._qindex: list[dict] = []
         self.review = None
@@ -143,7 +97,7 @@ class Writer:
     def commit(self, res: FileResult) -> FileResult:
         if res.outcome == "written":
             assert res.staged and res.out_relpath
-            if res.out_relpath in self.committed:
+            if self.is_committed(res.out_relpath):
                 Path(res.staged).unlink(missing_ok=True)
                 res = FileResult(file_id=res.file_id, outcome="quarantined", reason="duplicate-sop-instance",
                                  src_path=res.src_path, size=res.size, preamble_threat=res.preamble_threat,
@@ -155,13 +109,23 @@ class Writer:
                     os.replace(res.staged, final)
                 except OSError as exc:
                     raise OutputError(f"cannot commit output file ({exc.strerror})") from None
-                self.committed.add(res.out_relpath)
+                self.mark_committed([res.out_relpath])
         if res.outcome == "quarantined":
             self._quarantine(res)
         if self.review is not None and res.pixel is not None:
             self.review.add(res.file_id, res.pixel)
         self.report.add(res)
         return res
+
+    # The output paths committed so far (this run, and units a --resume skipped) are kept as
+    # 64-bit digests, ~60 bytes each instead of a ~250-byte path string: a run over 100,000
+    # inputs keeps 6 MB, not 25. Two paths sharing a digest (odds ~n²/2⁶⁵) would send the second
+    # input to quarantine as a duplicate: fail closed, never a lost or overwritten output.
+    def mark_committed(self, relpaths: Iterable[str]) -> None:
+        self._committed.update(map(_path_key, relpaths))
+
+    def is_committed(self, relpath: str) -> bool:
+        return _path_key(relpath) in self._committed
 
     def _quarantine(self, res: FileResult) -> None:
         """Copy the input to QUARANTINE/<id> and index id → source path and reason (operator side)."""
@@ -186,8 +150,7 @@ class Writer:
             old = path.read_bytes() if path.exists() else b""
             new = b"".join(json.dumps(e, sort_keys=True).encode() + b"\n" for e in self._qindex)
             write_bytes_atomic(path, old + new, 0o600)
-        out = self.s.resolved_report()
-        write_bytes_atomic(out, json.dumps(asdict(self.report), indent=2, sort_keys=True).encode() + b"\n")
+        write_report(self.report, self.s.resolved_report())
 
 
 def plan_units(src: Path) -> tuple[list, list[tuple[SourceFile, str]]]:
@@ -206,7 +169,8 @@ def deidentify_tree(settings: RunSettings, *, progress: bool | None = None) -> R
     """Run a whole de-identification; returns the report (also written to disk)."""
     check_paths(settings.src, settings.dst, settings.resolved_quarantine(), settings.review)
     report = Report(profile=settings.profile.name, profile_hash=settings.profile.hash,
-                    options=list(settings.profile.options), started=time.time())
+                    options=list(settings.profile.options), started=time.time(),
+                    entries=FileEntries(settings.dst / STATE_DIR))
     t0 = time.perf_counter()
     deid = Deidentifier(settings.profile, settings.secret, verify=settings.verify)
     staging = settings.dst / STATE_DIR / "staging"
@@ -225,7 +189,7 @@ def deidentify_tree(settings: RunSettings, *, progress: bool | None = None) -> R
         bar = _progress(total, settings.quiet if progress is None else not progress)
         for sf, kind in others:
             writer.commit(FileResult(file_id=file_id(sf), outcome="skipped", reason=kind,
-                                     src_path=os.fspath(sf.path), size=sf.size))
+                                     src_path=sf.fspath, size=sf.size))
             bar.update(1)
         for unit in units:
             for res in process_unit(deid, unit.files, staging, file_id):

@@ -51,6 +51,10 @@ class Sizes:
 
     ct_files: int = 2000
     scale_files: tuple[int, ...] = (200,)  # extra corpus sizes for "how cost grows"
+    # RSS against file count at 10x the CT corpus, cheaply: 32x32 slices (~4 KB each), so 20,000
+    # of them cost ~80 MB of disk where 20,000 CT slices would cost 10 GB
+    small_files: tuple[int, ...] = (2000, 20000)
+    small_side: int = 32
     multiframe: tuple[int, ...] = (200 * MiB, GiB, 2 * GiB)
     encrypt: int = GiB
     profile_files: int = 500
@@ -60,7 +64,7 @@ class Sizes:
     @classmethod
     def for_mode(cls, mode: str) -> "Sizes":
         if mode == "quick":
-            return cls(ct_files=100, scale_files=(20,), multiframe=(20 * MiB, 50 * MiB), encrypt=100 * MiB,
+            return cls(ct_files=100, scale_files=(20,), small_files=(100, 1000), multiframe=(20 * MiB, 50 * MiB), encrypt=100 * MiB,
                        profile_files=100, runs=2, patients=2)
         if mode == "full":
             return cls(scale_files=(200, 20000))
@@ -266,17 +270,18 @@ def run_case(case: Case, log: Path) -> Run:
 # ---------------------------------------------------------------------------------------------
 
 
-def build_ct(dst: Path, n: int, patients: int) -> None:
-    """Single-frame 512×512 16-bit CT files with fake PHI (dicomsafe.corpus), cached by a stamp."""
+def build_ct(dst: Path, n: int, patients: int, side: int = 512) -> None:
+    """Single-frame side×side (512×512 unless told) 16-bit CT files with fake PHI
+    (dicomsafe.corpus), cached by a stamp."""
     stamp = dst.with_name(dst.name + ".stamp")  # beside, not inside: every tool sees only .dcm files
-    want = f"ct n={n} patients={patients} v1"
+    want = f"ct n={n} patients={patients} v1" + (f" side={side}" if side != 512 else "")
     if stamp.is_file() and stamp.read_text() == want:
         return
     from dicomsafe.corpus import build_ct_series
 
     remove(dst)
     t0 = time.perf_counter()
-    build_ct_series(dst, n, patients=patients)
+    build_ct_series(dst, n, rows=side, cols=side, patients=patients)
     stamp.write_text(want)
     print(f"  corpus: {n} CT files in {time.perf_counter() - t0:.0f} s", flush=True)
 
@@ -553,6 +558,17 @@ def plan(args, sizes: Sizes, out: Path, py: str, bench_py: str) -> list[Case]:
         add(f"scale-dicomsafe-{m}", f"dicomsafe, {m} files", "scale", dicomsafe_cmd(d, work / f"ds{m}"), [d],
             work / f"ds{m}", m, b, check="dicomsafe", expect=m)
 
+    # (f) memory against file count at 10x, on small slices (same headers, same PHI, tiny pixels)
+    for m in sizes.small_files:
+        d = data / f"small{m}"
+        build_ct(d, m, sizes.patients, side=sizes.small_side)
+        b = tree_bytes(d)
+        side = f"{sizes.small_side}×{sizes.small_side}"
+        add(f"small-pydicom-{m}", f"bare pydicom, {m} small files ({side})", "scale",
+            [py, bench, "_floor", str(d), str(work / f"spyd{m}")], [d], work / f"spyd{m}", m, b, expect=m)
+        add(f"small-dicomsafe-{m}", f"dicomsafe, {m} small files ({side})", "scale", dicomsafe_cmd(d, work / f"sds{m}"),
+            [d], work / f"sds{m}", m, b, check="dicomsafe", expect=m)
+
     # (f) peak RSS vs file size: one multi-frame file per size
     free = shutil.disk_usage(out).free
     mf_files: dict[int, Path] = {}
@@ -720,15 +736,17 @@ def targets(res: dict) -> list[tuple[str, str, str]]:
                     f"{r:.2f}×", "met" if r >= 1.8 else "not met"))
     else:
         out.append(("--jobs 2 ≥ 1.8× --jobs 1", "not measured", "n/a: --jobs is not on main at run time"))
-    scale = sorted(((c["n_files"], c["median"]) for c in res["cases"]
-                    if c["median"] and (c["key"].startswith("scale-dicomsafe") or c["key"] == "dicomsafe")),
-                   key=lambda t: t[0])
-    if len(scale) >= 2:
-        lo, hi = scale[0], scale[-1]
-        grow = hi[1]["maxrss_mib"] / lo[1]["maxrss_mib"]
-        out.append((f"peak RSS flat in file count ({lo[0]} → {hi[0]} files)",
-                    f"{lo[1]['maxrss_mib']:.0f} → {hi[1]['maxrss_mib']:.0f} MiB ({grow:.2f}×)",
-                    "met" if grow <= 1.15 else "not met"))
+    for prefix, what in (("scale-dicomsafe", "files"), ("small-dicomsafe", "small files")):
+        scale = sorted(((c["n_files"], c["median"]) for c in res["cases"]
+                        if c["median"] and (c["key"].startswith(prefix) or (prefix == "scale-dicomsafe"
+                                                                             and c["key"] == "dicomsafe"))),
+                       key=lambda t: t[0])
+        if len(scale) >= 2:
+            lo, hi = scale[0], scale[-1]
+            grow = hi[1]["maxrss_mib"] / lo[1]["maxrss_mib"]
+            out.append((f"peak RSS flat in file count ({lo[0]:,} → {hi[0]:,} {what})",
+                        f"{lo[1]['maxrss_mib']:.0f} → {hi[1]['maxrss_mib']:.0f} MiB ({grow:.2f}×)",
+                        "met" if grow <= 1.15 else "not met"))
     rss = sorted(((c["n_bytes"], c["median"]) for c in res["cases"] if c["key"].startswith("rss-dicomsafe") and c["median"]),
                  key=lambda t: t[0])
     if rss:
@@ -757,7 +775,8 @@ def scale_note(res: dict) -> str:
     est = f"about {10 * per_round * res['runs'] / 60:.0f} min for every tool, " if per_round else ""
     return ("20,000 files were not run (`scripts/bench --full` adds them for dicomsafe and bare pydicom): "
             f"10 GB more corpus plus 10 GB of output per run, and {est}on a 2-core machine shared with the "
-            "rest of the team while it was measured. The 200 → 2,000 rows show whether the rate and RSS stay flat.")
+            "rest of the team while it was measured. The 200 → 2,000 rows show whether the rate and RSS stay flat; "
+            "the small-file rows take memory to 20,000 files (tiny pixel data, same headers and PHI).")
 
 
 def render(res: dict) -> str:
@@ -817,7 +836,8 @@ def render(res: dict) -> str:
     L.append("| run | files | seconds | files/s | CPU ms/file | peak RSS (MiB) |")
     L.append("| --- | ---: | ---: | ---: | ---: | ---: |")
     for c in sorted((c for c in res["cases"] if c["group"] == "scale" or c["key"] in ("dicomsafe", "pydicom")),
-                    key=lambda c: (c["key"].replace("scale-", "").split("-")[0], c["n_files"])):
+                    key=lambda c: (c["key"].startswith("small-"),
+                                   c["key"].replace("scale-", "").replace("small-", "").split("-")[0], c["n_files"])):
         med = c["median"]
         if med:
             L.append(f"| {c['label'] if c['group'] == 'scale' else c['label'].split(' (')[0] + ', ' + str(c['n_files']) + ' files'} "

@@ -149,3 +149,18 @@ def test_scaling_target_shows_each_round_and_the_best_beside_the_median(bench):
     res["cases"][2]["runs"][1]["ok"] = False  # a failed run: no per-round pairing at all
     got = {t.split(" ≥")[0]: v for t, v, s in bench.targets(res)}
     assert got["--jobs 2"] == "1.64×"
+
+
+def test_rss_flatness_is_judged_on_the_ct_rows_and_on_the_small_file_rows_apart(bench):
+    res = {"cases": [
+        {"key": "dicomsafe", "n_files": 2000, "n_bytes": 0, "median": _med(75.0, rss=60.0)},
+        {"key": "scale-dicomsafe-200", "n_files": 200, "n_bytes": 0, "median": _med(70.0, rss=58.0)},
+        {"key": "small-dicomsafe-2000", "n_files": 2000, "n_bytes": 0, "median": _med(400.0, rss=60.0)},
+        {"key": "small-dicomsafe-20000", "n_files": 20000, "n_bytes": 0, "median": _med(400.0, rss=80.0)},
+        {"key": "small-pydicom-20000", "n_files": 20000, "n_bytes": 0, "median": _med(900.0, rss=200.0)},
+    ]}
+    rows = {t: (v, s) for t, v, s in bench.targets(res) if t.startswith("peak RSS flat")}
+    assert rows == {
+        "peak RSS flat in file count (200 → 2,000 files)": ("58 → 60 MiB (1.03×)", "met"),
+        "peak RSS flat in file count (2,000 → 20,000 small files)": ("60 → 80 MiB (1.33×)", "not met"),
+    }

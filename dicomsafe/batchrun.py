@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import audit as audit_mod
-from .errors import ConfigError, DicomsafeError, Interrupted
+from .errors import ConfigError, DicomsafeError, Interrupted, OutputError
 from .ledger import FileRecord, Ledger, OutputRecord, sha256_file
 from .lock import DestinationLock, state_dir
 
@@ -391,17 +391,35 @@ def run_deidentify(
             if bar is not None:
                 bar.close()
             report.seconds = time.perf_counter() - t0
-            with contextlib.suppress(DicomsafeError, OSError):
+            # The report and the quarantine index are the run's accounting: on an otherwise
+            # successful run, failing to write them fails the run (exit 4; --resume redoes the
+            # units with quarantined files and rebuilds the report from the ledger). After an
+            # error they are written as far as possible, and the first error is the one raised.
+            finish_error: DicomsafeError | None = None
+            written = False
+            try:
                 writer.finish()
+                written = True
+            except DicomsafeError as exc:
+                finish_error = exc
+            except OSError as exc:
+                finish_error = OutputError(f"cannot write the report or the quarantine index ({exc.strerror})")
+            if finish_error is not None and status in ("ok", "findings"):
+                status = "failed"
+            else:
+                finish_error = None
             shutil.rmtree(staging, ignore_errors=True)
             with contextlib.suppress(DicomsafeError, OSError):
                 led.finish_run(run_id, status, audit_mod.utc_now())
             outputs_digest = {}
-            with contextlib.suppress(OSError):
-                outputs_digest["report_sha256"] = sha256_file(settings.resolved_report())
+            if written:  # never the digest of an older report left at that path
+                with contextlib.suppress(OSError):
+                    outputs_digest["report_sha256"] = sha256_file(settings.resolved_report())
             audit_mod.append_run(
                 audit_path, event="deidentify", run_id=run_id,
                 command=command or audit_mod.command_record("deidentify", jobs=jobs, resume=resume),
                 counts=report.counts, profile={"name": settings.profile.name, "hash": settings.profile.hash},
                 outputs=outputs_digest, status=status, started=started)
+            if finish_error is not None:
+                raise finish_error  # no other exception is in flight (status was ok/findings)
     return report

@@ -151,3 +151,42 @@ def test_duplicate_of_an_output_a_resume_skipped_is_still_caught(tmp_path, monke
     assert {p: p.read_bytes() for p in dst.rglob("*.dcm")} == before  # img0000's output untouched
     (dup,) = [f["id"] for f in rep.files if f["reason"] == "duplicate-sop-instance"]
     assert sorted(os.listdir(tmp_path / "q1")) == sorted(["index.jsonl", f"{dup}.dcm"])
+
+
+def test_a_report_that_cannot_be_written_fails_the_run_exit_4(tmp_path, secret_file):
+    """--report pointing at a directory: the run used to exit 0 with no report (the error was
+    swallowed). Now exit 4 with a clear message, and the audit line says the run failed."""
+    import subprocess
+    import sys
+
+    tree = Tree(tmp_path / "src")
+    add_study(tree, 0, 0, 3)
+    (tmp_path / "taken").mkdir()
+    r = subprocess.run([sys.executable, "-m", "dicomsafe", "deidentify", tmp_path / "src", tmp_path / "dst",
+                        "--profile", "basic", "--secret-file", secret_file, "--quarantine", tmp_path / "q",
+                        "--report", tmp_path / "taken"], capture_output=True, text=True)
+    assert r.returncode == 4, (r.returncode, r.stderr)
+    assert "directory" in r.stderr and "Traceback" not in r.stderr
+    audit = [json.loads(line) for line in (tmp_path / "dst" / ".dicomsafe" / "audit.jsonl").read_text().splitlines()]
+    assert audit[-1]["status"] == "failed" and "report_sha256" not in audit[-1].get("outputs", {})
+    assert list((tmp_path / "taken").iterdir()) == []
+
+
+def test_a_quarantine_index_that_cannot_be_written_fails_the_run_and_resume_writes_it(tmp_path):
+    from dicomsafe.batchrun import run_deidentify
+
+    tree = Tree(tmp_path / "src")
+    add_study(tree, 0, 0, 2)
+    (tmp_path / "src" / "cut.dcm").write_bytes((tmp_path / "src" / "ZZTESTNAME000" / "study0" / "img0000.dcm")
+                                               .read_bytes()[:705])  # cut inside an element: quarantined
+    q = tmp_path / "q"
+    q.mkdir()
+    (q / "index.jsonl").mkdir()  # the index cannot be replaced by a file
+    with pytest.raises(OutputError):
+        run_deidentify(_settings(tmp_path / "src", tmp_path / "dst", q), jobs=1)
+    (q / "index.jsonl").rmdir()
+    rep = run_deidentify(_settings(tmp_path / "src", tmp_path / "dst", q), jobs=1, resume=True)
+    assert rep.counts == {"inputs": 3, "written": 2, "quarantined": 1, "skipped": 0}
+    index = [json.loads(line) for line in (q / "index.jsonl").read_text().splitlines()]
+    (entry,) = [f for f in rep.files if f["outcome"] == "quarantined"]
+    assert entry["id"] in {e["id"] for e in index}

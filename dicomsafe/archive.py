@@ -645,10 +645,21 @@ def _archive_tree(
             report.studies.sort(key=lambda s: s["id"])
             with contextlib.suppress(DicomsafeError, OSError):
                 led.finish_run(run_id, status, audit_mod.utc_now())
-            with contextlib.suppress(DicomsafeError, OSError):
+            # As for deidentify: on an otherwise successful run a report that cannot be written
+            # fails the run (exit 4) instead of leaving the previous run's report in place.
+            report_error: DicomsafeError | None = None
+            try:
                 rep_path = state_dir(dst_p) / "archive-report.json"
                 with atomic_writer(rep_path, 0o644) as fh:
                     fh.write(json.dumps(report.__dict__, indent=2, sort_keys=True).encode() + b"\n")
+            except DicomsafeError as exc:
+                report_error = exc
+            except OSError as exc:
+                report_error = OutputError(f"cannot write the archive report ({exc.strerror})")
+            if report_error is not None and status in ("ok", "findings"):
+                status = "failed"
+            else:
+                report_error = None
             outputs = {"catalog_segment": report.catalog_segment or ""}
             if report.catalog_segment:
                 from .ledger import sha256_file
@@ -657,6 +668,8 @@ def _archive_tree(
             audit_mod.append_run(audit_path, event="archive", run_id=run_id,
                                  command=command or audit_mod.command_record("archive"),
                                  counts=report.counts, outputs=outputs, status=status, started=started)
+            if report_error is not None:
+                raise report_error  # no other exception is in flight (status was ok/findings)
     return report
 
 

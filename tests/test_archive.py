@@ -466,3 +466,23 @@ def test_deidentify_mode_refuses_a_quarantine_inside_the_archive(tmp_path, keys)
              "--deidentify", "--quarantine", dst / "q")
     assert r.returncode == 2 and "quarantine" in r.stderr
     assert not (dst / "q").exists()
+
+
+def test_an_archive_report_that_cannot_be_written_fails_the_run(tmp_path, keys):
+    """archive-report.json used to be written under contextlib.suppress: a run whose report could
+    not be written exited 0 and left the previous run's report in place for monitoring to read."""
+    import json
+
+    from dicomsafe.errors import OutputError
+
+    src = tmp_path / "src"
+    build_tree(src, patients=1, studies=1, files=2)
+    dst = tmp_path / "archive"
+    archive_tree(src, dst, _recips(keys), SECRET, jobs=1)
+    report = dst / ".dicomsafe" / "archive-report.json"
+    report.unlink()
+    report.mkdir()  # cannot be replaced by a file
+    with pytest.raises(OutputError, match="directory"):
+        archive_tree(src, dst, _recips(keys), SECRET, jobs=1)
+    last = json.loads((dst / ".dicomsafe" / "audit.jsonl").read_text().splitlines()[-1])
+    assert last["status"] == "failed"

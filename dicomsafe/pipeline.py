@@ -75,6 +75,8 @@ def check_paths(src: Path, dst: Path, quarantine: Path, review: Path | None = No
     d, q = dst.resolve(), quarantine.resolve()
     if q.is_relative_to(d):
         raise ConfigError("quarantine must not be under the destination (it holds source paths)")
+    if q.exists() and not q.is_dir():
+        raise ConfigError("the quarantine path exists and is not a directory")
     if review is not None and review.resolve().is_relative_to(d):
         raise ConfigError("the review directory must not be under the destination (it shows PHI)")
 
@@ -129,7 +131,10 @@ class Writer:
 
     def _quarantine(self, res: FileResult) -> None:
         """Copy the input to QUARANTINE/<id> and index id → source path and reason (operator side)."""
-        self.quarantine.mkdir(parents=True, exist_ok=True)
+        try:
+            self.quarantine.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create the quarantine directory ({exc.strerror})") from None
         with contextlib.suppress(OSError):
             os.chmod(self.quarantine, 0o700)
         if res.src_path:

@@ -190,3 +190,29 @@ def test_a_quarantine_index_that_cannot_be_written_fails_the_run_and_resume_writ
     index = [json.loads(line) for line in (q / "index.jsonl").read_text().splitlines()]
     (entry,) = [f for f in rep.files if f["outcome"] == "quarantined"]
     assert entry["id"] in {e["id"] for e in index}
+
+
+def test_a_quarantine_path_that_is_a_file_is_refused_before_any_work(tmp_path):
+    """It used to surface as 'error: File exists' (exit 4) from the first quarantined file's
+    mkdir, after the outputs before it had been written."""
+    from dicomsafe.batchrun import run_deidentify
+    from dicomsafe.errors import ConfigError
+
+    tree = Tree(tmp_path / "src")
+    add_study(tree, 0, 0, 2)
+    (tmp_path / "qfile").write_text("not a directory")
+    with pytest.raises(ConfigError, match="quarantine path exists and is not a directory"):
+        run_deidentify(_settings(tmp_path / "src", tmp_path / "dst", tmp_path / "qfile"), jobs=1)
+    assert not (tmp_path / "dst").exists()
+
+
+def test_a_quarantine_directory_that_cannot_be_made_is_an_output_error(tmp_path):
+    from dicomsafe.batchrun import run_deidentify
+
+    tree = Tree(tmp_path / "src")
+    add_study(tree, 0, 0, 2)
+    (tmp_path / "src" / "cut.dcm").write_bytes((tmp_path / "src" / "ZZTESTNAME000" / "study0" / "img0000.dcm")
+                                               .read_bytes()[:705])
+    (tmp_path / "block").write_text("a file where a parent directory should be")
+    with pytest.raises(OutputError, match="cannot create the quarantine directory"):
+        run_deidentify(_settings(tmp_path / "src", tmp_path / "dst", tmp_path / "block" / "q"), jobs=1)

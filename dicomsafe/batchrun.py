@@ -158,11 +158,16 @@ class Committer:
 UNIT_MAX_FILES = 32
 
 
-def _work_units(units: Any, pseudo: Any) -> Any:
-    """Yield (study unit, ledger key, files) — one item per study, or per part of a big study."""
-    for unit in units:
+def _work_units(units: list, pseudo: Any) -> Any:
+    """Yield (study unit, ledger key, files) — one item per study, or per part of a big study.
+
+    Consumes ``units`` (the list is empty afterwards): each study's SourceFile records are let
+    go as soon as its jobs are built, so they and the jobs are never all alive at once."""
+    units.reverse()
+    while units:
+        unit = units.pop()
         key = pseudo.keyed_id("study", unit.study_uid)
-        files = list(unit.files)
+        files, unit.files = unit.files, []
         if len(files) <= UNIT_MAX_FILES:
             yield unit, key, files
             continue

@@ -56,11 +56,11 @@ NO_STUDY = ""
 class SourceFile:
     """One input file, identified by (dev, ino); ``path`` is how it was reached under ``src``.
 
-    Slotted, and the path kept as text (``fspath``) with :attr:`path` made on demand: a run
-    holds one of these per input while it groups the tree, and a ``Path`` object costs ~450
-    bytes more than its text — 9 MB of a 20,000-file walk."""
+    Kept small because a run holds one per input while it groups the tree: slotted, and the
+    path made on demand from ``root`` (one string shared by every file of a walk) and
+    ``relpath`` — a ``Path`` per file cost ~450 bytes more, its text alone ~130."""
 
-    fspath: str
+    root: str  # the source directory as the walk was given it
     relpath: str  # relative to src; non-UTF-8 bytes kept via surrogateescape (os.fsdecode)
     size: int
     mtime_ns: int
@@ -68,6 +68,11 @@ class SourceFile:
     ino: int
     regular: bool = True
     aliases: tuple[str, ...] = ()  # other relpaths of the same (dev, ino): symlinks, hard links
+
+    @property
+    def fspath(self) -> str:
+        """How the file was reached: ``root`` joined with ``relpath`` (as the walk listed it)."""
+        return os.path.join(self.root, self.relpath)
 
     @property
     def path(self) -> Path:
@@ -171,8 +176,12 @@ def discover(
             continue
         excluded.add((st_ex.st_dev, st_ex.st_ino))
 
-    # (dev, ino) -> (via_symlink, relpath bytes, SourceFile without aliases)
-    found: dict[tuple[int, int], tuple[bool, bytes, SourceFile]] = {}
+    # dev -> ino -> SourceFile without aliases (one small dict per device: no key tuple per
+    # file), and the (dev, ino) of those found through a symlink
+    found: dict[int, dict[int, SourceFile]] = {}
+    found_via_link: set[tuple[int, int]] = set()
+    root_text = os.fsdecode(os.fsencode(root))  # shared by every SourceFile of this walk
+    dev_ints: dict[int, int] = {}
     aliases: dict[tuple[int, int], list[bytes]] = {}
     seen_dirs: set[tuple[int, int]] = {(st_root.st_dev, st_root.st_ino)}
     # stack of (directory path as bytes, relative prefix bytes, reached via a symlink)
@@ -181,26 +190,35 @@ def discover(
     # a file is always found under its real name first
     link_stack: list[tuple[bytes, bytes, tuple[int, int]]] = []
 
-    def add(st: os.stat_result, path_b: bytes, rel_b: bytes, via_link: bool) -> None:
-        key = (st.st_dev, st.st_ino)
+    def add(st: os.stat_result, rel_b: bytes, via_link: bool) -> None:
+        on_dev = found.setdefault(st.st_dev, {})
         sf = SourceFile(
-            fspath=os.fsdecode(path_b),
+            root=root_text,
             relpath=os.fsdecode(rel_b),
             size=st.st_size,
             mtime_ns=st.st_mtime_ns,
-            dev=st.st_dev,
+            dev=dev_ints.setdefault(st.st_dev, st.st_dev),  # one int object per device
             ino=st.st_ino,
             regular=stat.S_ISREG(st.st_mode),
         )
-        cand = (via_link, rel_b, sf)
-        prev = found.get(key)
+        prev = on_dev.get(st.st_ino)
         if prev is None:
-            found[key] = cand
+            on_dev[st.st_ino] = sf
+            if via_link:
+                found_via_link.add((st.st_dev, st.st_ino))
             return
+        # another name of a file already found: the real name wins over a link, then the
+        # smaller relative path; the others are kept as aliases
+        key = (st.st_dev, st.st_ino)
         stats.duplicates += 1
-        if (cand[0], cand[1]) < (prev[0], prev[1]):
-            found[key] = cand
-            aliases.setdefault(key, []).append(prev[1])
+        prev_rel_b = prev.relpath_bytes
+        if (via_link, rel_b) < (key in found_via_link, prev_rel_b):
+            on_dev[st.st_ino] = sf
+            if via_link:
+                found_via_link.add(key)
+            else:
+                found_via_link.discard(key)
+            aliases.setdefault(key, []).append(prev_rel_b)
         else:
             aliases.setdefault(key, []).append(rel_b)
 
@@ -264,7 +282,7 @@ def discover(
                     seen_dirs.add(key)
                     subdirs.append((path_b, rel_b + b"/", False))
             else:
-                add(st, path_b, rel_b, via_link)
+                add(st, rel_b, via_link)
         # push in reverse so directories are listed in name order (the final sort decides anyway)
         stack.extend(reversed(subdirs))
         link_stack.extend(
@@ -273,10 +291,11 @@ def discover(
 
     # Last first, so each entry is popped (and freed) as it is handed out: the walk's own
     # records do not stay alive beside the caller's list of what it yielded.
-    ordered = sorted(found.values(), key=lambda cand: cand[1], reverse=True)
+    ordered = sorted((sf for on_dev in found.values() for sf in on_dev.values()),
+                     key=lambda sf: sf.relpath_bytes, reverse=True)
     found.clear()
     while ordered:
-        sf = ordered.pop()[2]
+        sf = ordered.pop()
         extra = aliases.get((sf.dev, sf.ino))
         if extra:
             sf = dataclasses.replace(sf, aliases=tuple(os.fsdecode(a) for a in sorted(extra)))

@@ -30,8 +30,8 @@ if TYPE_CHECKING:
 #: Preamble signatures that make a file a polyglot executable or archive (CVE-2019-11687); TIFF
 #: and PDF headers are legitimate dual-format files, zeroed all the same but not alarming.
 EXECUTABLE_PREAMBLES = frozenset({"pe", "elf", "macho", "zip", "script", "archive"})
-#: Entries kept in memory before a sorted run goes to disk (~3 MB of dicts).
-RUN_ENTRIES = 8192
+#: Entries kept in memory before a sorted run goes to disk (~0.7 MB of dicts).
+RUN_ENTRIES = 2048
 #: Spilled runs kept before they are merged into one (open files stay few on huge runs).
 MAX_RUNS = 32
 

@@ -25,11 +25,11 @@ Paths can be PHI: no message or log line here contains one.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import stat
 import warnings
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator

@@ -555,6 +555,17 @@ def _archive_tree(
     report = ArchiveReport(run_id=run_id)
     audit_path = Path(audit_log) if audit_log else state_dir(dst_p) / "audit.jsonl"
     status = "failed"
+    report_tried = False
+
+    def write_report() -> None:
+        report.seconds = time.perf_counter() - t0
+        report.studies.sort(key=lambda s: s["id"])
+        try:
+            with atomic_writer(state_dir(dst_p) / "archive-report.json", 0o644) as fh:
+                fh.write(json.dumps(report.__dict__, indent=2, sort_keys=True).encode() + b"\n")
+        except OSError as exc:
+            raise OutputError(f"cannot write the archive report ({exc.strerror})") from None
+
     with DestinationLock(dst_p), Ledger.for_destination(dst_p) as led:
         kind = led.get_meta("kind")
         if kind not in (None, "archive"):
@@ -637,29 +648,19 @@ def _archive_tree(
                     report.catalog_segment = seg.relative_to(dst_p).as_posix()
             report.counts["pruned_objects"] = _prune(dst_p, led, retention_days)
             status = "ok" if report.counts["failed_studies"] == 0 else "findings"
+            # A report that cannot be written fails the run like any other error (exit 4),
+            # instead of leaving the previous run's report in place to be read as this one's.
+            report_tried = True
+            write_report()
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, (KeyboardInterrupt, Interrupted)) else "failed"
             raise
         finally:
-            report.seconds = time.perf_counter() - t0
-            report.studies.sort(key=lambda s: s["id"])
+            if not report_tried:  # after an error: as far as possible, that error stays the one raised
+                with contextlib.suppress(DicomsafeError, OSError):
+                    write_report()
             with contextlib.suppress(DicomsafeError, OSError):
                 led.finish_run(run_id, status, audit_mod.utc_now())
-            # As for deidentify: on an otherwise successful run a report that cannot be written
-            # fails the run (exit 4) instead of leaving the previous run's report in place.
-            report_error: DicomsafeError | None = None
-            try:
-                rep_path = state_dir(dst_p) / "archive-report.json"
-                with atomic_writer(rep_path, 0o644) as fh:
-                    fh.write(json.dumps(report.__dict__, indent=2, sort_keys=True).encode() + b"\n")
-            except DicomsafeError as exc:
-                report_error = exc
-            except OSError as exc:
-                report_error = OutputError(f"cannot write the archive report ({exc.strerror})")
-            if report_error is not None and status in ("ok", "findings"):
-                status = "failed"
-            else:
-                report_error = None
             outputs = {"catalog_segment": report.catalog_segment or ""}
             if report.catalog_segment:
                 from .ledger import sha256_file
@@ -668,8 +669,6 @@ def _archive_tree(
             audit_mod.append_run(audit_path, event="archive", run_id=run_id,
                                  command=command or audit_mod.command_record("archive"),
                                  counts=report.counts, outputs=outputs, status=status, started=started)
-            if report_error is not None:
-                raise report_error  # no other exception is in flight (status was ok/findings)
     return report
 
 

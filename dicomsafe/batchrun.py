@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import audit as audit_mod
-from .errors import ConfigError, DicomsafeError, Interrupted, OutputError
+from .errors import ConfigError, DicomsafeError, Interrupted
 from .ledger import FileRecord, Ledger, OutputRecord, sha256_file
 from .lock import DestinationLock, state_dir
 
@@ -284,6 +284,7 @@ def run_deidentify(
         writer = Writer(settings, report)
         bar = None
         committer: Committer | None = None
+        finish_tried = report_written = False
         stack = contextlib.ExitStack()
         try:
             def file_id(sf: Any) -> str:
@@ -383,6 +384,13 @@ def run_deidentify(
                       scheduler=scheduler, pool=pool)
             committer.close()
             status = "ok" if report.counts["quarantined"] == 0 else "findings"
+            # The report and the quarantine index are the run's accounting: failing to write them
+            # fails the run like any other error (exit 4; --resume redoes the units with
+            # quarantined files and rebuilds the report from the ledger).
+            report.seconds = time.perf_counter() - t0
+            finish_tried = True
+            writer.finish()
+            report_written = True
         except (Interrupted, KeyboardInterrupt):
             status = "interrupted"
             raise
@@ -395,29 +403,16 @@ def run_deidentify(
                 committer.close(raise_error=False)  # what finished is committed, as after a stop
             if bar is not None:
                 bar.close()
-            report.seconds = time.perf_counter() - t0
-            # The report and the quarantine index are the run's accounting: on an otherwise
-            # successful run, failing to write them fails the run (exit 4; --resume redoes the
-            # units with quarantined files and rebuilds the report from the ledger). After an
-            # error they are written as far as possible, and the first error is the one raised.
-            finish_error: DicomsafeError | None = None
-            written = False
-            try:
-                writer.finish()
-                written = True
-            except DicomsafeError as exc:
-                finish_error = exc
-            except OSError as exc:
-                finish_error = OutputError(f"cannot write the report or the quarantine index ({exc.strerror})")
-            if finish_error is not None and status in ("ok", "findings"):
-                status = "failed"
-            else:
-                finish_error = None
+            if not finish_tried:  # after an error: as far as possible, that error stays the one raised
+                report.seconds = time.perf_counter() - t0
+                with contextlib.suppress(DicomsafeError, OSError):
+                    writer.finish()
+                    report_written = True
             shutil.rmtree(staging, ignore_errors=True)
             with contextlib.suppress(DicomsafeError, OSError):
                 led.finish_run(run_id, status, audit_mod.utc_now())
             outputs_digest = {}
-            if written:  # never the digest of an older report left at that path
+            if report_written:  # never the digest of an older report left at that path
                 with contextlib.suppress(OSError):
                     outputs_digest["report_sha256"] = sha256_file(settings.resolved_report())
             audit_mod.append_run(
@@ -425,6 +420,4 @@ def run_deidentify(
                 command=command or audit_mod.command_record("deidentify", jobs=jobs, resume=resume),
                 counts=report.counts, profile={"name": settings.profile.name, "hash": settings.profile.hash},
                 outputs=outputs_digest, status=status, started=started)
-            if finish_error is not None:
-                raise finish_error  # no other exception is in flight (status was ok/findings)
     return report

@@ -148,14 +148,19 @@ class Writer:
                              .encode("utf-8", "backslashreplace").decode("utf-8")})
 
     def finish(self) -> None:
-        if self.review is not None:
-            self.review.close()
-        if self._qindex:
-            path = self.quarantine / "index.jsonl"
-            old = path.read_bytes() if path.exists() else b""
-            new = b"".join(json.dumps(e, sort_keys=True).encode() + b"\n" for e in self._qindex)
-            write_bytes_atomic(path, old + new, 0o600)
-        write_report(self.report, self.s.resolved_report())
+        """Close the review pages, append the quarantine index, write the report (OutputError if
+        any of them cannot be written). Call once: the index is appended to what is on disk."""
+        try:
+            if self.review is not None:
+                self.review.close()
+            if self._qindex:
+                path = self.quarantine / "index.jsonl"
+                old = path.read_bytes() if path.exists() else b""
+                new = b"".join(json.dumps(e, sort_keys=True).encode() + b"\n" for e in self._qindex)
+                write_bytes_atomic(path, old + new, 0o600)
+            write_report(self.report, self.s.resolved_report())
+        except OSError as exc:
+            raise OutputError(f"cannot write the report or the quarantine index ({exc.strerror})") from None
 
 
 def plan_units(src: Path) -> tuple[list, list[tuple[SourceFile, str]]]:
